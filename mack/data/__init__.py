@@ -1,0 +1,1 @@
+"""Loaders for the public file formats that MACK reads (COCO, Visual Genome, bottom-up TSV, SCAN precomp)."""
