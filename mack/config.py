@@ -40,7 +40,9 @@ def data_root(path: str | os.PathLike | None = None, *, must_exist: bool = True)
     if not must_exist:
         return candidates[0]
     looked = ", ".join(str(c) for c in candidates)
-    raise DataNotFoundError(f"data folder not found (looked in: {looked}). " + DATA_HELP.format(env=DATA_ENV))
+    raise DataNotFoundError(
+        f"data folder not found (looked in: {looked}). " + DATA_HELP.format(env=DATA_ENV)
+    )
 
 
 def has_real_data(path: str | os.PathLike | None = None) -> bool:
