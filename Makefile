@@ -43,7 +43,7 @@ reproduce: setup  ## Run notebooks 01-07 on TIER (synthetic, coco-mini or paper)
 	$(PY) -m mack.reproduce --tier $(TIER)
 
 coco-mini: setup  ## The real COCO run: photos -> CNN regions -> knowledge -> matching.
-	$(PY) -m mack.coco_mini --data-root $(MACK_DATA)
+	$(PY) -m mack.coco_mini --data-root $(MACK_DATA) --synonyms
 
 synthetic: setup  ## Generate the embedded synthetic world into data/synthetic.
 	$(PY) -m mack.synthetic --root data/synthetic --seed 0 --size small
