@@ -42,7 +42,7 @@ from mack.encoders import (
     RegionItem,
 )
 from mack.io import atomic_write, write_json
-from mack.knowledge import OBJECT, Knowledge, KnowledgeBuilder
+from mack.knowledge import OBJECT, Knowledge, KnowledgeBuilder, cap_annotations
 from mack.matching import ImageRegions, score_matrix
 from mack.text import NLTKDataMissingError, ParsedText, TextParser, load_tagger
 
@@ -184,10 +184,22 @@ def build_coco_knowledge(
     cache: FeatureCache | None,
     *,
     seed: int = 0,
+    region_cap: int | None = None,
     progress: bool = True,
 ) -> tuple[Knowledge, dict[str, Any]]:
     """Build the category knowledge (eq. 1): each category's prototype is the mean feature of its
-    non-crowd boxes. Returns the knowledge and counts (images, boxes, crowd boxes skipped)."""
+    non-crowd boxes, at most `region_cap` of them per category (a seeded sample drawn before any
+    feature is read; None keeps all). Returns the knowledge and counts (images, boxes, crowd boxes
+    skipped, share of boxes kept)."""
+    regions = {name: knowledge_regions(coco) for name, coco in knowledge_sets.items()}
+    annotations: dict[str, list[tuple[str, int, int]]] = {}
+    for name, (_, words, _) in regions.items():
+        for item, image_words in enumerate(words):
+            for box, word in enumerate(image_words):
+                annotations.setdefault(word, []).append((name, item, box))
+    kept, share_kept = cap_annotations(annotations, region_cap, seed)
+    kept_boxes = {region for region_ids in kept.values() for region in region_ids}
+
     builder = KnowledgeBuilder(
         encoder.dim,
         seed=seed,
@@ -195,18 +207,20 @@ def build_coco_knowledge(
             "source": KNOWLEDGE_SOURCE,
             "sets": list(knowledge_sets),
             "encoder": encoder.settings(),
-            "region_cap": None,
-            "share_kept": 1.0,
+            "region_cap": region_cap,
+            "share_kept": share_kept,
             "seed": seed,
         },
     )
-    stats = {"images": 0, "boxes": 0, "crowd_boxes_skipped": 0}
-    for name, coco in knowledge_sets.items():
-        items, words, n_crowd = knowledge_regions(coco)
+    stats = {"images": 0, "boxes": 0, "crowd_boxes_skipped": 0, "share_kept": share_kept}
+    for name, (items, words, n_crowd) in regions.items():
         logger.info("%s: encoding %d boxes of %d images", name, sum(map(len, words)), len(items))
         features = encoder.encode_many(items, cache=cache, progress=progress)
-        for image_words, image_features in zip(words, features, strict=True):
-            builder.add(image_words, image_features, [OBJECT] * len(image_words))
+        for item, (image_words, image_features) in enumerate(zip(words, features, strict=True)):
+            rows = [box for box in range(len(image_words)) if (name, item, box) in kept_boxes]
+            if rows:
+                builder.add([image_words[box] for box in rows], image_features[rows],
+                            [OBJECT] * len(rows))  # fmt: skip
         stats["images"] += len(items)
         stats["boxes"] += sum(map(len, words))
         stats["crowd_boxes_skipped"] += n_crowd

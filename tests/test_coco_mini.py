@@ -133,9 +133,23 @@ def test_knowledge_prototypes_are_box_means(tmp_path):
     np.testing.assert_allclose(knowledge.prototypes[0], [(2 + 30) / 2, 12, 26, 27])
     np.testing.assert_allclose(knowledge.prototypes[1], [20, 10, 28, 16])
     np.testing.assert_array_equal(knowledge.counts, [2, 1])
-    assert stats == {"images": 1, "boxes": 3, "crowd_boxes_skipped": 2}
+    assert stats == {"images": 1, "boxes": 3, "crowd_boxes_skipped": 2, "share_kept": 1.0}
     assert knowledge.provenance["encoder"] == {"encoder": "box"}
     assert knowledge.provenance["crowd_boxes_skipped"] == 2
+
+
+def test_knowledge_region_cap_keeps_one_box_per_word(tmp_path):
+    coco = make_coco(tmp_path)
+    knowledge, stats = build_coco_knowledge(
+        {"toy": coco}, BoxEncoder(), None, region_cap=1, seed=3, progress=False
+    )
+
+    np.testing.assert_array_equal(knowledge.counts, [1, 1])
+    assert stats["share_kept"] == 2 / 3
+    assert knowledge.provenance["region_cap"] == 1
+    # the kept "dog" box is one of its two boxes, whole (x1, y1, x2, y2 of the toy encoder)
+    dog_boxes = [[2, 4, 12, 24], [30, 20, 40, 30]]
+    assert any(np.allclose(knowledge.prototypes[0], box) for box in dog_boxes)
 
 
 # --- test set --------------------------------------------------------------------------------
