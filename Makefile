@@ -12,7 +12,7 @@ MACK_DATA ?= $(abspath ../shared/data)
 export MACK_DATA
 SETUP_STAMP := $(VENV)/.setup-done
 
-.PHONY: help setup test lint format reproduce coco-mini synthetic bench nltk-data \
+.PHONY: help setup test test-all lint format reproduce coco-mini synthetic bench nltk-data \
         data-coco-mini data-paper clean
 
 help:  ## List the targets.
@@ -28,7 +28,10 @@ $(SETUP_STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-test: setup  ## Run the test suite (offline; real-data tests skip without ../shared/data).
+test: setup  ## Run the fast test suite, offline (real-data tests skip without $(MACK_DATA)).
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: setup  ## Run every test, including the slow end-to-end runs on real and synthetic data.
 	$(PY) -m pytest -q
 
 lint: setup  ## Check style with ruff.

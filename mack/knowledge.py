@@ -453,6 +453,49 @@ class KnowledgeBuilder:
             random_regions=self._random[rows].copy() if self._track_random else None,
         )
 
+    def state(self, *, copy_arrays: bool = True) -> dict[str, Any]:
+        """Return everything `from_state` needs to continue this build exactly.
+
+        Arrays: "sums" (K, F) float64, "counts" (K,) int64, "roles" (K, 2) int64 and "random"
+        (K, F) float32, with K the words so far. The other values are JSON-compatible.
+        copy_arrays=False returns views that the next `add` changes (for writing a checkpoint
+        without a second K x F copy in memory).
+        """
+        n_words = len(self._words)
+        arrays = {
+            "sums": self._sums[:n_words],
+            "counts": self._counts[:n_words],
+            "roles": self._roles[:n_words],
+            "random": self._random[:n_words],
+        }
+        if copy_arrays:
+            arrays = {name: array.copy() for name, array in arrays.items()}
+        return {
+            "dim": self.dim,
+            "seed": self.seed,
+            "provenance": copy.deepcopy(self.provenance),
+            "words": list(self._words),
+            **arrays,
+            "track_random": self._track_random,
+            "rng_state": copy.deepcopy(self._rng.bit_generator.state),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> KnowledgeBuilder:
+        """Return a builder that continues from `state()`, random draws included."""
+        builder = cls(int(state["dim"]), seed=state["seed"], provenance=state["provenance"])
+        n_words = len(state["words"])
+        builder._grow(n_words)
+        builder._words = list(state["words"])
+        builder._index = {word: row for row, word in enumerate(builder._words)}
+        builder._sums[:n_words] = state["sums"]
+        builder._counts[:n_words] = state["counts"]
+        builder._roles[:n_words] = state["roles"]
+        builder._random[:n_words] = state["random"]
+        builder._track_random = bool(state["track_random"])
+        builder._rng.bit_generator.state = copy.deepcopy(state["rng_state"])
+        return builder
+
     def _grow(self, n_words: int) -> None:
         """Make room for `n_words` rows, doubling the capacity when it runs out."""
         capacity = len(self._counts)

@@ -14,13 +14,14 @@ test oracle. Both define the cosine with a zero-norm unit or region as 0.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
@@ -245,12 +246,13 @@ def _log_empty(texts: Sequence[ParsedText], images: ImageRegions) -> None:
 
 @dataclass
 class _TextUnits:
-    """All units of a list of texts, as ranges of word entries.
+    """The units of a list of texts, each distinct unit (same words in the same order) stored once.
 
     words: distinct words the units use, in first-use order.
     rows: (n_words,) knowledge rows of the words.
-    unit_ptr: (n_texts + 1,) the units of text t are unit_ptr[t]:unit_ptr[t + 1].
-    entry_ptr: (n_units + 1,) the word entries of unit u are entry_ptr[u]:entry_ptr[u + 1].
+    unit_ptr: (n_texts + 1,) the unit occurrences of text t are unit_ptr[t]:unit_ptr[t + 1].
+    occurrence_unit: (n_occurrences,) distinct unit of each occurrence, in text order.
+    entry_ptr: (n_units + 1,) the word entries of distinct unit u are entry_ptr[u]:entry_ptr[u + 1].
     entry_word: (n_entries,) index into words.
     entry_weight: (n_entries,) a_j = 1 / (number of words in the unit).
     """
@@ -258,6 +260,7 @@ class _TextUnits:
     words: list[str]
     rows: np.ndarray
     unit_ptr: np.ndarray
+    occurrence_unit: np.ndarray
     entry_ptr: np.ndarray
     entry_word: np.ndarray
     entry_weight: np.ndarray
@@ -266,33 +269,42 @@ class _TextUnits:
     def n_units(self) -> int:
         return len(self.entry_ptr) - 1
 
+    @property
+    def n_texts(self) -> int:
+        return len(self.unit_ptr) - 1
+
 
 def _index_units(
     knowledge: Knowledge, texts: Sequence[ParsedText], use_adjectives: bool
 ) -> _TextUnits:
     index = knowledge.index
     word_ids: dict[str, int] = {}
+    unit_ids: dict[tuple[str, ...], int] = {}
     rows: list[int] = []
-    unit_ptr, entry_ptr = [0], [0]
-    entry_word: list[int] = []
-    entry_weight: list[float] = []
+    unit_ptr, occurrence_unit = [0], []
+    entry_ptr, entry_word, entry_weight = [0], [], []
 
     for t, parsed in enumerate(texts):
         for unit in parsed.units:
             words = _unit_words(unit, use_adjectives)
-            for word in words:
-                if word not in word_ids:
-                    rows.append(_word_row(index, word, t))
-                    word_ids[word] = len(word_ids)
-                entry_word.append(word_ids[word])
-                entry_weight.append(1.0 / len(words))
-            entry_ptr.append(len(entry_word))
-        unit_ptr.append(len(entry_ptr) - 1)
+            unit_id = unit_ids.get(words)
+            if unit_id is None:
+                unit_id = unit_ids[words] = len(unit_ids)
+                for word in words:
+                    if word not in word_ids:
+                        rows.append(_word_row(index, word, t))
+                        word_ids[word] = len(word_ids)
+                    entry_word.append(word_ids[word])
+                    entry_weight.append(1.0 / len(words))
+                entry_ptr.append(len(entry_word))
+            occurrence_unit.append(unit_id)
+        unit_ptr.append(len(occurrence_unit))
 
     return _TextUnits(
         words=list(word_ids),
         rows=np.array(rows, dtype=np.int64),
         unit_ptr=np.array(unit_ptr, dtype=np.int64),
+        occurrence_unit=np.array(occurrence_unit, dtype=np.int64),
         entry_ptr=np.array(entry_ptr, dtype=np.int64),
         entry_word=np.array(entry_word, dtype=np.int64),
         entry_weight=np.array(entry_weight, dtype=np.float64),
@@ -332,34 +344,155 @@ def _unit_word_weights(units: _TextUnits, vectors: np.ndarray) -> sp.csr_array:
     return sp.csr_array((scaled, units.entry_word, units.entry_ptr), shape=shape)
 
 
+@dataclass
+class _UnitPlan:
+    """The word vectors and unit weights shared by score_matrix and score_pairs.
+
+    vectors: (n_words, F) float32 word vectors (W applied when given).
+    weights: (n_units, n_words) float32 sparse a_j / |u| of every distinct unit.
+    single_units, single_words: (n_single,) distinct units made of one word entry, and that word.
+    single_scale: (n_single,) float32 1 / |v_j|, or 0 for a zero vector.
+    multi_units: (n_multi,) the other distinct units; multi_weights: their rows of weights.
+    unit_word, unit_scale: (n_units,) the word and scale of a one-word unit, -1 and 0 otherwise.
+    """
+
+    vectors: np.ndarray
+    weights: sp.csr_array
+    single_units: np.ndarray
+    single_words: np.ndarray
+    single_scale: np.ndarray
+    multi_units: np.ndarray
+    multi_weights: sp.csr_array
+    unit_word: np.ndarray
+    unit_scale: np.ndarray
+
+    @property
+    def n_units(self) -> int:
+        return self.weights.shape[0]
+
+
+def _unit_plan(
+    knowledge: Knowledge, units: _TextUnits, prototype: str, W: np.ndarray | None
+) -> _UnitPlan:
+    vectors = _word_vectors(knowledge, units, prototype, W)
+    weights = _unit_word_weights(units, vectors)
+    entries_per_unit = np.diff(weights.indptr)
+    single_units = np.flatnonzero(entries_per_unit == 1)
+    multi_units = np.flatnonzero(entries_per_unit != 1)
+    first_entry = weights.indptr[single_units]
+    single_words = weights.indices[first_entry].astype(np.int64)
+    single_scale = weights.data[first_entry].astype(np.float32)
+
+    unit_word = np.full(units.n_units, -1, dtype=np.int64)
+    unit_word[single_units] = single_words
+    unit_scale = np.zeros(units.n_units, dtype=np.float32)
+    unit_scale[single_units] = single_scale
+    return _UnitPlan(
+        vectors=vectors,
+        weights=weights,
+        single_units=single_units,
+        single_words=single_words,
+        single_scale=single_scale,
+        multi_units=multi_units,
+        multi_weights=weights[multi_units],
+        unit_word=unit_word,
+        unit_scale=unit_scale,
+    )
+
+
 # ---------------------------------------------------------------- image side and reductions
 
 
-def _normalised_regions(
-    images: ImageRegions, image_ids: np.ndarray, W: np.ndarray | None, transform: str
+def _inverse_norms(
+    rows: np.ndarray, valid: np.ndarray | None, image_of_row: Callable[[int], int], what: str
 ) -> np.ndarray:
-    """Return `(c, max_regions, F)` float32 unit-norm regions of `image_ids`, with zero padding rows.
+    """Return `(n,)` float32 1 / |row| for the valid rows of `(n, F)` rows, 0 for zero or invalid.
 
-    Raises MatchingInputError naming the first image with a NaN or inf in a valid region.
+    valid: (n,) bool or None for all rows. Invalid rows may hold anything. Raises
+    MatchingInputError naming image_of_row(row) for a valid row with a NaN or inf; `what` names
+    the values in that message.
     """
-    regions = np.array(images.features[image_ids], dtype=np.float32)
-    counts = images.counts[image_ids]
-    padding = np.arange(images.max_regions)[None, :] >= counts[:, None]
-    regions[padding] = 0.0
+    squared = np.einsum("rf,rf->r", rows, rows)
+    suspects = ~np.isfinite(squared)
+    if valid is not None:
+        squared[~valid] = 0.0
+        suspects &= valid
+    suspects = np.flatnonzero(suspects)
+    if suspects.size:
+        bad = suspects[~np.isfinite(rows[suspects]).all(axis=1)]
+        if bad.size:
+            raise MatchingInputError(
+                f"image {image_of_row(int(bad[0]))} has NaN or inf in its {what}. Recompute its "
+                "features or drop the image"
+            )
 
-    finite = np.isfinite(regions).all(axis=(1, 2))
-    if not finite.all():
-        bad = int(image_ids[np.flatnonzero(~finite)[0]])
-        raise MatchingInputError(
-            f"image {bad} has NaN or inf in its region features. Recompute its features "
-            "or drop the image"
-        )
+    # A float32 sum of squares overflows above about 1.8e19; such rows are redone in float64.
+    norms = np.sqrt(squared.astype(np.float64))
+    norms[suspects] = np.linalg.norm(rows[suspects].astype(np.float64), axis=1)
+    inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    return inverse.astype(np.float32)
 
+
+def _transformed_rows(
+    rows: np.ndarray, W: np.ndarray | None, transform: str, valid, image_of_row
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return `(n, F)` rows (W r when transform="both") and their `(n,)` inverse norms.
+
+    The raw rows are checked for NaN and inf first. Without a transform the rows are returned as
+    they came, so they may be a view of the caller's features.
+    """
+    inverse = _inverse_norms(rows, valid, image_of_row, "region features")
     if W is not None and transform == "both":
-        regions = regions @ np.asarray(W, dtype=np.float32).T
-    norms = np.linalg.norm(regions, axis=2, keepdims=True)
-    np.divide(regions, norms, out=regions, where=norms > 0)
-    return regions
+        rows = rows @ np.asarray(W, dtype=np.float32).T
+        inverse = _inverse_norms(rows, valid, image_of_row, "region features after W")
+    return rows, inverse
+
+
+def _pair_regions(
+    images: ImageRegions, image_ids: np.ndarray, W: np.ndarray | None, transform: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return `(c, I, F)` float32 regions of the sorted `image_ids` and `(c, I)` inverse norms.
+
+    The regions are a view of images.features, not a copy, when the ids are consecutive, the
+    features are float32 and W does not transform them. Padding rows may hold anything; their
+    inverse norm is 0.
+    """
+    consecutive = image_ids[-1] - image_ids[0] + 1 == len(image_ids)
+    if consecutive:
+        regions = images.features[image_ids[0] : image_ids[-1] + 1]
+    else:
+        regions = images.features[image_ids]
+    regions = np.asarray(regions, dtype=np.float32)
+    n_images, n_regions, dim = regions.shape
+    valid = np.arange(n_regions)[None, :] < images.counts[image_ids][:, None]
+
+    rows, inverse = _transformed_rows(
+        regions.reshape(-1, dim), W, transform, valid.ravel(),
+        lambda row: image_ids[row // n_regions],
+    )  # fmt: skip
+    return rows.reshape(n_images, n_regions, -1), inverse.reshape(n_images, n_regions)
+
+
+def _region_major_regions(
+    images: ImageRegions, start: int, stop: int, W: np.ndarray | None, transform: str
+) -> np.ndarray:
+    """Return `(max_regions, c, F)` float32 unit-norm regions of images start:stop, region-major.
+
+    Row [i, m] is region i of image start + m, so a reduction over regions runs over the middle
+    axis of a (rows, I, c) product, on contiguous rows of length c. Padding rows are zero.
+    """
+    n_images = stop - start
+    regions = np.empty((images.max_regions, n_images, images.dim), dtype=np.float32)
+    regions[...] = np.swapaxes(images.features[start:stop], 0, 1)
+    padding = np.arange(images.max_regions)[:, None] >= images.counts[None, start:stop]
+    if padding.any():
+        regions[padding] = 0.0
+
+    rows, inverse = _transformed_rows(
+        regions.reshape(-1, images.dim), W, transform, None, lambda row: start + row % n_images
+    )
+    rows *= inverse[:, None]
+    return rows.reshape(images.max_regions, n_images, -1)
 
 
 def _reduce_regions(scores: np.ndarray, counts: np.ndarray, reduction: str) -> np.ndarray:
@@ -377,6 +510,23 @@ def _reduce_regions(scores: np.ndarray, counts: np.ndarray, reduction: str) -> n
         np.copyto(scores, -np.inf, where=padding)
     reduced = scores.max(axis=-1)
     np.copyto(reduced, 0.0, where=counts == 0)
+    return reduced
+
+
+def _reduce_region_axis(scores: np.ndarray, counts: np.ndarray, reduction: str) -> np.ndarray:
+    """Reduce `(n_rows, I, c)` region-major cosines over axis 1 -> `(n_rows, c)`.
+
+    counts: (c,) valid regions per image. Padding cosines are 0 because padding regions are zero
+    vectors; for "max" they are overwritten with -inf in place. An image with no region gives 0.
+    """
+    if reduction == "mean":
+        return scores.sum(axis=1) / np.maximum(counts, 1).astype(np.float32)
+
+    padding = np.arange(scores.shape[1])[:, None] >= counts[None, :]
+    if padding.any():
+        np.copyto(scores, -np.inf, where=padding)
+    reduced = scores.max(axis=1)
+    reduced[:, counts == 0] = 0.0
     return reduced
 
 
@@ -410,7 +560,7 @@ def _check_chunk_size(chunk_size: int | None) -> None:
 
 
 def _auto_chunk_size(n_rows_per_region: int, images: ImageRegions, extra_per_image: int) -> int:
-    """Pick how many images fit MEMORY_BUDGET_BYTES (an estimate, see score_matrix)."""
+    """Pick how many images fit MEMORY_BUDGET_BYTES (an estimate, see score_pairs)."""
     per_image = 4 * images.max_regions * (2 * images.dim + n_rows_per_region) + 4 * extra_per_image
     return int(max(1, min(len(images), MEMORY_BUDGET_BYTES // max(per_image, 1))))
 
@@ -418,27 +568,91 @@ def _auto_chunk_size(n_rows_per_region: int, images: ImageRegions, extra_per_ima
 # ---------------------------------------------------------------- score matrix
 
 
+@dataclass
+class _TextPooling:
+    """Reduction of per-unit scores over each text's units.
+
+    mean: weights (n_texts, n_units) sparse, 1 / (units of the text) per occurrence, repeats
+    summed, so weights @ per_unit is the mean. max: text_units lists each text's distinct units,
+    text t owning text_units[starts[k]:...] for the k-th text that has units.
+    has_units: (n_texts,) bool. A text with no unit gets EMPTY_SCORE.
+    """
+
+    reduction: str
+    has_units: np.ndarray
+    weights: sp.csr_array | None = None
+    text_units: np.ndarray | None = None
+    starts: np.ndarray | None = None
+
+    @classmethod
+    def build(cls, units: _TextUnits, reduction: str) -> _TextPooling:
+        lengths = np.diff(units.unit_ptr)
+        occurrence_text = np.repeat(np.arange(units.n_texts), lengths)
+        has_units = lengths > 0
+        if reduction == "mean":
+            shares = 1.0 / lengths[occurrence_text]
+            shape = (units.n_texts, units.n_units)
+            weights = sp.csr_array((shares, (occurrence_text, units.occurrence_unit)), shape=shape)
+            weights.sum_duplicates()
+            return cls(reduction, has_units, weights=weights.astype(np.float32))
+
+        codes = np.unique(occurrence_text * units.n_units + units.occurrence_unit)
+        text_of_code, text_units = np.divmod(codes, max(units.n_units, 1))
+        starts = np.searchsorted(text_of_code, np.flatnonzero(has_units))
+        return cls(reduction, has_units, text_units=text_units, starts=starts)
+
+    @property
+    def rows_per_image(self) -> int:
+        """Temporary values per image in reduce: the output and, for max, the gathered units."""
+        n_texts = len(self.has_units)
+        return n_texts if self.text_units is None else n_texts + len(self.text_units)
+
+    def reduce(self, per_unit: np.ndarray) -> np.ndarray:
+        """Reduce `(n_units, c)` scores -> `(n_texts, c)` float32."""
+        if self.reduction == "mean":
+            reduced = np.asarray(self.weights @ per_unit, dtype=np.float32)
+            reduced[~self.has_units] = EMPTY_SCORE
+            return reduced
+
+        reduced = np.full((len(self.has_units), per_unit.shape[1]), EMPTY_SCORE, dtype=np.float32)
+        if self.starts.size:
+            gathered = per_unit[self.text_units]
+            reduced[self.has_units] = np.maximum.reduceat(gathered, self.starts, axis=0)
+        return reduced
+
+
+def _bytes_per_image(plan: _UnitPlan, pooling: _TextPooling, n_regions: int, region_dim: int):
+    """Working memory of one image in a score_matrix chunk (see its docstring)."""
+    n_words, n_multi = len(plan.vectors), len(plan.multi_units)
+    per_region = region_dim + n_words + n_multi
+    per_image = n_words + n_multi + plan.n_units + pooling.rows_per_image
+    return 4 * (n_regions * per_region + per_image)
+
+
 def _score_chunk(
-    vectors: np.ndarray,
-    weights: sp.csr_array,
-    unit_ptr: np.ndarray,
+    plan: _UnitPlan,
+    pooling: _TextPooling,
     regions: np.ndarray,
     counts: np.ndarray,
-    region_reduction: str,
-    unit_reduction: str,
+    reduction: str,
 ) -> np.ndarray:
     """Score one chunk of images against all texts -> `(n_texts, c)` float32.
 
-    vectors: (n_words, F) word vectors; weights: (n_units, n_words) a_j / |u|;
-    regions: (c, I, F) unit-norm regions; counts: (c,) valid regions per image.
+    regions: (I, c, F) region-major unit-norm regions; counts: (c,) valid regions per image.
+    cos(u, r) = sum_j (a_j / |u|) (v_j . r): a one-word unit is the word's row scaled by
+    1 / |v_j| >= 0, which commutes with max and mean, so only multi-word units need the sparse
+    product. The multi-word rows are taken before the word rows are masked for "max".
     """
-    n_images, n_regions, dim = regions.shape
-    word_region = vectors @ regions.reshape(n_images * n_regions, dim).T
-    unit_region = weights @ word_region
-    unit_region = unit_region.reshape(weights.shape[0], n_images, n_regions)
+    n_regions, n_images, dim = regions.shape
+    word_region = plan.vectors @ regions.reshape(-1, dim).T
+    multi_region = plan.multi_weights @ word_region
+    shape = (-1, n_regions, n_images)
 
-    per_unit = _reduce_regions(unit_region, counts, region_reduction)
-    return _reduce_units(per_unit, unit_ptr, unit_reduction)
+    per_unit = np.empty((plan.n_units, n_images), dtype=np.float32)
+    per_word = _reduce_region_axis(word_region.reshape(shape), counts, reduction)
+    per_unit[plan.single_units] = per_word[plan.single_words] * plan.single_scale[:, None]
+    per_unit[plan.multi_units] = _reduce_region_axis(multi_region.reshape(shape), counts, reduction)
+    return pooling.reduce(per_unit)
 
 
 def score_matrix(
@@ -456,16 +670,23 @@ def score_matrix(
 ) -> np.ndarray:
     """Score every image against every text with eq. 4 -> `(n_images, n_texts)` float32.
 
-    A unit is a mean of word vectors, so cos(u, r) = sum_j (a_j / |u|) (v_j . r_hat). The word x
-    region products D = P_words @ R_hat^T are one matrix product per chunk of images. A sparse
-    (units x words) matrix turns D into unit-region cosines, which are reduced over each image's
-    regions and then over each text's units.
+    A unit is a mean of word vectors, so cos(u, r) = sum_j (a_j / |u|) (v_j . r_hat). Per chunk
+    of images, the word x region products D = P_words @ R_hat^T are one matrix product. Repeated
+    units are scored once. A one-word unit is a scaled row of D; a sparse (multi-word units x
+    words) product gives the other unit-region cosines. Both are reduced over each image's
+    regions, then over each text's units.
 
     W: (F, F) fine-tuned matrix or None. transform="both" scores W v against W r, and "words"
-    scores W v against the raw r. chunk_size: images per chunk. When it is None, the size is
-    picked so that the peak working memory stays near MEMORY_BUDGET_BYTES. The peak in bytes is
-    about 4 * (n_images * n_texts + n_words * F + chunk * I * (2 * F + n_words + n_units)
-    + chunk * (n_units + n_texts)), where I = images.max_regions.
+    scores W v against the raw r. chunk_size: images per chunk; None picks the largest chunk
+    whose working memory fits MEMORY_BUDGET_BYTES.
+
+    Peak memory in bytes, beyond the input features, is about
+    4 * (n_images * n_texts + n_words * F + c * I * (F_r + n_words + n_multi)
+    + c * (n_words + n_single + 2 * n_multi + n_texts + g)),
+    with c = chunk size, I = images.max_regions, n_words the distinct words of the units,
+    n_single and n_multi the distinct one-word and multi-word units, F_r = 2 * F when W
+    transforms the regions and F otherwise, and g = 0 for "*_mean" pooling or the number of
+    distinct (text, unit) pairs for "*_max".
 
     NOTE: the products run in float32, so a unit whose word vectors nearly cancel (|u| much
     smaller than |v_j|) gets an absolute cosine error of about 1e-7 * max_j |v_j| / |u|. With
@@ -476,24 +697,23 @@ def score_matrix(
     )
     _check_chunk_size(chunk_size)
     units = _index_units(knowledge, texts, use_adjectives)
-    vectors = _word_vectors(knowledge, units, prototype, W)
-    weights = _unit_word_weights(units, vectors)
+    plan = _unit_plan(knowledge, units, prototype, W)
+    pooling = _TextPooling.build(units, unit_reduction)
     _log_empty(texts, images)
 
     if chunk_size is None:
-        n_rows = len(units.words) + units.n_units
-        chunk_size = _auto_chunk_size(n_rows, images, units.n_units + len(texts))
+        region_dim = 2 * images.dim if W is not None and transform == "both" else images.dim
+        per_image = _bytes_per_image(plan, pooling, images.max_regions, region_dim)
+        chunk_size = int(max(1, min(len(images), MEMORY_BUDGET_BYTES // max(per_image, 1))))
     scores = np.empty((len(images), len(texts)), dtype=np.float32)
     starts = range(0, len(images), chunk_size)
 
     for start in tqdm(starts, desc="score_matrix", unit="chunk", disable=not progress):
-        image_ids = np.arange(start, min(start + chunk_size, len(images)))
-        regions = _normalised_regions(images, image_ids, W, transform)
-        counts = images.counts[image_ids]
-        chunk = _score_chunk(
-            vectors, weights, units.unit_ptr, regions, counts, region_reduction, unit_reduction
-        )
-        scores[image_ids] = chunk.T
+        stop = min(start + chunk_size, len(images))
+        regions = _region_major_regions(images, start, stop, W, transform)
+        counts = images.counts[start:stop]
+        scores[start:stop] = _score_chunk(plan, pooling, regions, counts, region_reduction).T
+        del regions  # frees the chunk before the next one is read
 
     scores[images.counts == 0] = EMPTY_SCORE
     return scores
@@ -527,32 +747,107 @@ def _check_pairs(
     return image_idx.astype(np.int64), text_idx.astype(np.int64)
 
 
-def _word_region_blocks(
-    vectors: np.ndarray, regions: np.ndarray, key_images: np.ndarray, key_words: np.ndarray
-) -> np.ndarray:
-    """Return `(n_keys, I)` products of word key_words[k] with the regions of image key_images[k].
+def _blas_threads() -> int:
+    """Return the thread count of the BLAS libraries loaded in this process (their minimum)."""
+    counts = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return max(1, min(counts, default=1))
 
+
+def _word_region_blocks(
+    vectors: np.ndarray,
+    regions: np.ndarray,
+    inverse_norms: np.ndarray,
+    counts: np.ndarray,
+    key_images: np.ndarray,
+    key_words: np.ndarray,
+) -> np.ndarray:
+    """Return `(n_keys, I)` cosine numerators of word key_words[k] with image key_images[k].
+
+    regions: (c, I, F) raw regions; inverse_norms: (c, I), 0 for padding; counts: (c,). Row k is
+    (v . r) / |r| over the image's regions, and 0 at padding regions.
     Keys are sorted by image, so each image is one matrix product over only the words it needs.
-    The products are small (about 100 x F x I), so they run on one BLAS thread. On 2 shared cores
-    (load about 7) with OpenBLAS 0.3.31, 200 products of 135 x 2048 x 36 took 0.8 s on one thread
-    and 4.8 s on two.
+    The products are small (about 100 x F x I): each runs on one BLAS thread, and the images are
+    shared among as many Python threads as BLAS had threads, since numpy releases the GIL in
+    these calls. On 2 shared cores (load about 7) with OpenBLAS 0.3.31, 200 products of
+    135 x 2048 x 36 took 0.8 s on one BLAS thread and 4.8 s on two.
     """
     n_images, n_regions, _ = regions.shape
     bounds = np.searchsorted(key_images, np.arange(n_images + 1))
     products = np.empty((len(key_words), n_regions), dtype=np.float32)
-    with threadpool_limits(limits=1, user_api="blas"):
-        for image in range(n_images):
+
+    def multiply(image_ids: range) -> None:
+        for image in image_ids:
             start, stop = bounds[image], bounds[image + 1]
             if start < stop:
-                products[start:stop] = vectors[key_words[start:stop]] @ regions[image].T
+                block = products[start:stop]
+                words = np.take(vectors, key_words[start:stop], axis=0)
+                np.matmul(words, regions[image].T, out=block)
+                block *= inverse_norms[image]
+                # Padding rows may hold NaN, and NaN * 0 is NaN, so their columns are zeroed.
+                block[:, counts[image] :] = 0.0
+
+    n_threads = min(_blas_threads(), n_images)
+    with threadpool_limits(limits=1, user_api="blas"):
+        if n_threads <= 1:
+            multiply(range(n_images))
+        else:
+            shares = [range(first, n_images, n_threads) for first in range(n_threads)]
+            with ThreadPoolExecutor(n_threads) as pool:
+                list(pool.map(multiply, shares))
     return products
 
 
+def _score_image_units(
+    plan: _UnitPlan,
+    regions: np.ndarray,
+    inverse_norms: np.ndarray,
+    counts: np.ndarray,
+    key_images: np.ndarray,
+    key_units: np.ndarray,
+    reduction: str,
+) -> np.ndarray:
+    """Return `(n_keys,)` float32 cosines of unit key_units[k] reduced over image key_images[k].
+
+    regions: (c, I, F) raw regions; inverse_norms: (c, I); counts: (c,). Each (image, word)
+    product is computed once. A one-word unit is its word's reduced row times 1 / |v_j|; a
+    multi-word unit sums its weighted word rows first, before the word rows are masked.
+    """
+    n_words = len(plan.vectors)
+    single = plan.unit_word[key_units] >= 0
+    multi_keys = np.flatnonzero(~single)
+    multi_units = key_units[multi_keys]
+    entry_counts = np.diff(plan.weights.indptr)[multi_units]
+    entries = _concatenated_ranges(plan.weights.indptr[multi_units], entry_counts)
+    entry_images = np.repeat(key_images[multi_keys], entry_counts)
+
+    single_codes = key_images[single] * n_words + plan.unit_word[key_units[single]]
+    entry_codes = entry_images * n_words + plan.weights.indices[entries]
+    codes, code_rows = np.unique(np.concatenate([single_codes, entry_codes]), return_inverse=True)
+    code_images, code_words = np.divmod(codes, n_words)
+    products = _word_region_blocks(
+        plan.vectors, regions, inverse_norms, counts, code_images, code_words
+    )
+
+    per_key = np.empty(len(key_units), dtype=np.float32)
+    if multi_keys.size:
+        rows = code_rows[len(single_codes) :]
+        contributions = plan.weights.data[entries, None] * products[rows]
+        starts = np.cumsum(entry_counts) - entry_counts
+        unit_region = np.add.reduceat(contributions, starts, axis=0)
+        multi_counts = counts[key_images[multi_keys]]
+        per_key[multi_keys] = _reduce_regions(unit_region, multi_counts, reduction)
+
+    per_code = _reduce_regions(products, counts[code_images], reduction)
+    single_values = per_code[code_rows[: len(single_codes)]]
+    per_key[single] = single_values * plan.unit_scale[key_units[single]]
+    return per_key
+
+
 def _score_pair_chunk(
-    vectors: np.ndarray,
-    weights: sp.csr_array,
+    plan: _UnitPlan,
     units: _TextUnits,
     regions: np.ndarray,
+    inverse_norms: np.ndarray,
     counts: np.ndarray,
     pair_images: np.ndarray,
     pair_texts: np.ndarray,
@@ -561,28 +856,22 @@ def _score_pair_chunk(
 ) -> np.ndarray:
     """Score pairs whose images all lie in one chunk -> `(n_pairs,)` float32.
 
-    regions: (c, I, F) unit-norm regions; counts: (c,); pair_images: (n_pairs,) index into the
-    chunk; pair_texts: (n_pairs,) text ids. Each (pair, unit) row sums its word entries.
+    regions: (c, I, F) raw regions; inverse_norms: (c, I); counts: (c,); pair_images: (n_pairs,)
+    index into the chunk; pair_texts: (n_pairs,) text ids. Each distinct (image, unit) is scored
+    once.
     """
     unit_counts = np.diff(units.unit_ptr)[pair_texts]
-    pair_units = _concatenated_ranges(units.unit_ptr[pair_texts], unit_counts)
-    pair_unit_image = np.repeat(pair_images, unit_counts)
+    occurrences = _concatenated_ranges(units.unit_ptr[pair_texts], unit_counts)
+    occurrence_images = np.repeat(pair_images, unit_counts)
+    occurrence_codes = occurrence_images * plan.n_units + units.occurrence_unit[occurrences]
+    keys, occurrence_keys = np.unique(occurrence_codes, return_inverse=True)
+    key_images, key_units = np.divmod(keys, plan.n_units)
 
-    entry_counts = np.diff(weights.indptr)[pair_units]
-    entries = _concatenated_ranges(weights.indptr[pair_units], entry_counts)
-    entry_keys = np.repeat(pair_unit_image, entry_counts) * len(vectors) + weights.indices[entries]
-    keys, entry_rows = np.unique(entry_keys, return_inverse=True)
-
-    word_region = _word_region_blocks(vectors, regions, keys // len(vectors), keys % len(vectors))
-    contributions = weights.data[entries, None] * word_region[entry_rows]
-    entry_starts = np.cumsum(entry_counts) - entry_counts
-    unit_region = (
-        np.add.reduceat(contributions, entry_starts, axis=0) if entries.size else contributions
+    per_key = _score_image_units(
+        plan, regions, inverse_norms, counts, key_images, key_units, region_reduction
     )
-
-    per_unit = _reduce_regions(unit_region, counts[pair_unit_image], region_reduction)
     pair_ptr = np.concatenate([[0], np.cumsum(unit_counts)])
-    return _reduce_units(per_unit, pair_ptr, unit_reduction)
+    return _reduce_units(per_key[occurrence_keys], pair_ptr, unit_reduction)
 
 
 def score_pairs(
@@ -614,14 +903,14 @@ def score_pairs(
     image_idx, text_idx = _check_pairs(image_idx, text_idx, len(images), len(texts))
     _check_chunk_size(chunk_size)
     units = _index_units(knowledge, texts, use_adjectives)
-    vectors = _word_vectors(knowledge, units, prototype, W)
-    weights = _unit_word_weights(units, vectors)
+    plan = _unit_plan(knowledge, units, prototype, W)
 
     order = np.argsort(image_idx, kind="stable")
     distinct, first_pair = np.unique(image_idx[order], return_index=True)
     pair_bounds = np.append(first_pair, len(order))
     if chunk_size is None:
-        entries_per_image = len(weights.data) * len(order) // max(len(texts) * len(distinct), 1)
+        n_entries = int(np.diff(plan.weights.indptr)[units.occurrence_unit].sum())
+        entries_per_image = n_entries * len(order) // max(len(texts) * len(distinct), 1)
         chunk_size = _auto_chunk_size(3 * entries_per_image, images, 0)
     scores = np.empty(len(order), dtype=np.float32)
 
@@ -630,12 +919,13 @@ def score_pairs(
         stop = min(start + chunk_size, len(distinct))
         image_ids = distinct[start:stop]
         pairs = order[pair_bounds[start] : pair_bounds[stop]]
-        regions = _normalised_regions(images, image_ids, W, transform)
+        regions, inverse_norms = _pair_regions(images, image_ids, W, transform)
         pair_images = np.searchsorted(image_ids, image_idx[pairs])
         scores[pairs] = _score_pair_chunk(
-            vectors, weights, units, regions, images.counts[image_ids], pair_images,
+            plan, units, regions, inverse_norms, images.counts[image_ids], pair_images,
             text_idx[pairs], region_reduction, unit_reduction,
         )  # fmt: skip
+        del regions  # frees the chunk before the next one is read
 
     scores[images.counts[image_idx] == 0] = EMPTY_SCORE
     return scores

@@ -92,6 +92,36 @@ def test_tiny_coco_without_captions(tmp_path: Path) -> None:
     assert coco.n_boxes == 3
 
 
+def test_tiny_coco_supercategories(tmp_path: Path) -> None:
+    images_dir, instances, _ = write_tiny_coco(tmp_path)
+    payload = json.loads(instances.read_text())
+    payload["categories"][0]["supercategory"] = "person"
+    payload["categories"][1]["supercategory"] = "vehicle"
+    instances.write_text(json.dumps(payload))
+
+    coco = load_coco(images_dir, instances)
+
+    assert coco.supercategories == {"person": "person", "car": "vehicle"}
+
+
+def test_tiny_coco_without_supercategories(tmp_path: Path) -> None:
+    images_dir, instances, _ = write_tiny_coco(tmp_path)
+
+    coco = load_coco(images_dir, instances)
+
+    assert coco.supercategories == {}
+
+
+def test_invalid_supercategory(tmp_path: Path) -> None:
+    images_dir, instances, _ = write_tiny_coco(tmp_path)
+    payload = json.loads(instances.read_text())
+    payload["categories"][1]["supercategory"] = 7
+    instances.write_text(json.dumps(payload))
+
+    with pytest.raises(DataFormatError, match=r"category id 3.*\"supercategory\" is 7"):
+        load_coco(images_dir, instances)
+
+
 # ----------------------------------------------------------------------------- real samples
 
 
@@ -127,6 +157,9 @@ def test_coco_mini_hand_checked_entries() -> None:
     assert first.iscrowd is False
     assert coco.images[493652].file_name == "000000493652.jpg"
     assert (coco.images[493652].width, coco.images[493652].height) == (640, 399)
+    assert coco.supercategories["dog"] == "animal"
+    assert coco.supercategories["hot dog"] == "food"
+    assert len(coco.supercategories) == 80
     assert coco.captions[125870][:2] == [
         "An airport filled with large passenger jets parked next to each other.",
         "A fleet of airplanes rest at their gates at the airport.",
@@ -186,19 +219,27 @@ def test_truncated_instances_json(tmp_path: Path) -> None:
 
 @needs_data
 def test_broken_json_line_and_column(tmp_path: Path) -> None:
-    """A pretty-printed copy with one ':' removed: the error gives its line and column."""
+    """A pretty-printed copy with one ':' removed: the error gives where the parser stopped.
+
+    ijson's parser stops at the end of the token after the missing ':', the caption string's
+    closing quote, so that is the line and column in the message.
+    """
     text = json.dumps(json.loads(mini_file("captions_val2017.json").read_text()), indent=1)
     broken_at = text.index('"caption":', text.index('"annotations"')) + len('"caption"')
+    broken = text[:broken_at] + text[broken_at + 1 :]
     path = tmp_path / "captions_val2017.json"
-    path.write_text(text[:broken_at] + text[broken_at + 1 :])
-    line = text.count("\n", 0, broken_at) + 1
-    column = broken_at - text.rfind("\n", 0, broken_at)
+    path.write_text(broken)
+    _, token_end = json.JSONDecoder().raw_decode(broken, broken_at + 1)
+    stop = token_end - 1  # the closing quote of the caption
+    line = broken.count("\n", 0, stop) + 1
+    column = stop - broken.rfind("\n", 0, stop)
 
     with pytest.raises(DataFormatError) as caught:
         load_coco(val_images_dir(), mini_file("instances_val2017.json"), path)
 
     assert str(path) in str(caught.value)
-    assert f"line {line}, column {column + 1}" in str(caught.value)
+    assert f"line {line}, column {column}, byte offset {stop}" in str(caught.value)
+    assert '"annotations"[0]' in str(caught.value)
 
 
 @needs_data

@@ -266,14 +266,17 @@ def test_malformed_record_position(tmp_path: Path) -> None:
     assert text[broken_at] == ","
     path = tmp_path / "attributes2.json"
     path.write_text(text[:broken_at] + text[broken_at + 1 :])
-    line = text.count("\n", 0, broken_at) + 1
-    column = broken_at - text.rfind("\n", 0, broken_at) + 1  # the next token moves onto the comma
+    # ijson's parser stops at the closing quote of the next token, "object_id", which moved
+    # one character left onto the comma's place.
+    stop = broken_at + len('"object_id"')
+    line = text.count("\n", 0, stop) + 1
+    column = stop - text.rfind("\n", 0, stop)
 
     with pytest.raises(DataFormatError) as caught:
         list(iter_vg_objects(path, progress=False))
 
     assert str(path) in str(caught.value)
-    assert f"line {line}, column {column}" in str(caught.value)
+    assert f"line {line}, column {column}, byte offset {stop}" in str(caught.value)
 
 
 def test_object_without_box_names_ids(tmp_path: Path) -> None:
@@ -290,7 +293,7 @@ def test_object_without_box_names_ids(tmp_path: Path) -> None:
     assert str(path) in message
     assert "image_id 12" in message
     assert "object_id 99" in message
-    assert "line 1, column 2, record 0" in message
+    assert "record 0, image_id 12" in message
 
 
 def test_names_not_a_list_of_strings(tmp_path: Path) -> None:
@@ -332,36 +335,35 @@ def test_image_data_rejects_bad_width(tmp_path: Path) -> None:
 
 
 @needs_data
-@pytest.mark.parametrize("chunk_chars", [7, 100, 4096])
-def test_stream_equals_json_load(chunk_chars: int) -> None:
+@pytest.mark.parametrize("buf_size", [7, 100, 4096])
+def test_stream_equals_json_load(buf_size: int) -> None:
     path = samples() / "minyus_attributes.json_samples.json"
 
-    streamed = [item.value for item in iter_json_records(path, chunk_chars=chunk_chars)]
+    streamed = [item.value for item in iter_json_records(path, buf_size=buf_size)]
 
     assert streamed == json.loads(path.read_text())
 
 
-@pytest.mark.parametrize("chunk_chars", [1, 2, 3, 5, 8])
-def test_stream_values_cut_at_boundaries(tmp_path: Path, chunk_chars: int) -> None:
+@pytest.mark.parametrize("buf_size", [1, 2, 3, 5, 8])
+def test_stream_values_cut_at_boundaries(tmp_path: Path, buf_size: int) -> None:
     values = [12345, -0.5e-3, True, None, 'caf\u00e9 \\u00e9 "q"', [], {}, {"a": [1, 2.5]}, 7]
     path = tmp_path / "values.json"
     path.write_text(
         " [\n" + " ,\n ".join(json.dumps(v) for v in values) + "\n] \n", encoding="utf-8"
     )
 
-    items = list(iter_json_records(path, chunk_chars=chunk_chars))
+    items = list(iter_json_records(path, buf_size=buf_size))
 
     assert [item.value for item in items] == values
-    assert [item.line for item in items] == list(range(2, 2 + len(values)))
-    assert items[0].column == 1
-    assert items[1].column == 2
+    assert [item.index for item in items] == list(range(len(values)))
+    assert items[3].where == "record 3"
 
 
 def test_stream_object_members(tmp_path: Path) -> None:
     path = tmp_path / "coco.json"
     path.write_text(json.dumps({"info": {"v": 1}, "images": [{"id": 1}, {"id": 2}], "empty": []}))
 
-    items = list(iter_json_members(path, ["images", "empty"], chunk_chars=4))
+    items = list(iter_json_members(path, ["images", "empty"], buf_size=4))
 
     assert [(item.key, item.index, item.value) for item in items] == [
         ("info", None, {"v": 1}),
@@ -370,15 +372,27 @@ def test_stream_object_members(tmp_path: Path) -> None:
     ]
 
 
+# The parser stops at the end of the offending token or on the byte after it: in "[1 2]" the
+# number 2 ends only when "]" arrives, at byte offset 4.
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("", "the file is empty"),
-        ("[1, 2] 3", "extra data after the top-level value"),
-        ("[1, 2", "expected ',' or ']' after element 1, found end of file"),
-        ("[1 2]", "expected ',' or ']' after element 0, found '2'"),
-        ('[1, {"a": }]', "invalid JSON (Expecting value)"),
-        ("42", "expected '[' or '{', found '4'"),
+        ("", "line 1, column 1: the file is empty"),
+        (
+            "[1, 2] 3",
+            "record 2, line 1, column 9, byte offset 8: extra data after the top-level value",
+        ),
+        (
+            "[1, 2",
+            "record 2, line 1, column 6, byte offset 5: the file ends in the middle of a value",
+        ),
+        ("[1 2]", "record 1, line 1, column 5, byte offset 4: invalid JSON (after array element"),
+        (
+            '[1, {"a": }]',
+            "record 1, line 1, column 11, byte offset 10: invalid JSON (unallowed token",
+        ),
+        ('[1,\n {"a": 1 "b": 2}]', "record 1, line 2, column 12, byte offset 15: invalid JSON"),
+        ("42", "line 1, column 1, byte offset 0: expected '[' or '{', found '4'"),
     ],
 )
 def test_stream_errors(tmp_path: Path, text: str, problem: str) -> None:
@@ -386,10 +400,63 @@ def test_stream_errors(tmp_path: Path, text: str, problem: str) -> None:
     path.write_text(text)
 
     with pytest.raises(DataFormatError) as caught:
-        list(iter_json_records(path, chunk_chars=3))
+        list(iter_json_records(path, buf_size=3))
 
     assert str(path) in str(caught.value)
     assert problem in str(caught.value)
+
+
+def test_stream_error_after_many_blocks(tmp_path: Path) -> None:
+    """An error far into the file is located exactly, not only to its 4 KiB block."""
+    records = [
+        {"image_id": i, "objects": [{"object_id": i, "names": ["tree"]}]} for i in range(3000)
+    ]
+    text = json.dumps(records, indent=1)
+    broken_at = text.index('"image_id": 2500')
+    path = tmp_path / "objects.json"
+    path.write_text(text[:broken_at] + "x" + text[broken_at:])  # a stray byte before a key
+    line = text.count("\n", 0, broken_at) + 1
+    column = broken_at - text.rfind("\n", 0, broken_at)
+
+    with pytest.raises(DataFormatError) as caught:
+        list(iter_json_records(path, buf_size=4096))
+
+    assert f"record 2500, line {line}, column {column}, byte offset {broken_at}:" in str(
+        caught.value
+    )
+
+
+def test_stream_skips_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf [1, 2]")
+
+    assert [item.value for item in iter_json_records(path)] == [1, 2]
+
+
+def test_stream_members_errors(tmp_path: Path) -> None:
+    path = tmp_path / "coco.json"
+    path.write_text('{"images": [{"id": 1}, {"id": 2]}')
+
+    with pytest.raises(DataFormatError) as caught:
+        list(iter_json_members(path, ["images"]))
+
+    assert '"images"[1], line 1, column 32, byte offset 31: invalid JSON' in str(caught.value)
+
+
+def test_stream_members_rejects_array(tmp_path: Path) -> None:
+    path = tmp_path / "coco.json"
+    path.write_text("\n  [1]")
+
+    with pytest.raises(DataFormatError, match="line 2, column 3, byte offset 3: expected '{'"):
+        list(iter_json_members(path, ["images"]))
+
+
+def test_stream_members_trailing_data(tmp_path: Path) -> None:
+    path = tmp_path / "coco.json"
+    path.write_text('{"images": []} {"images": []}')
+
+    with pytest.raises(DataFormatError, match="extra data after the top-level value"):
+        list(iter_json_members(path, ["images"]))
 
 
 def test_stream_invalid_utf8(tmp_path: Path) -> None:

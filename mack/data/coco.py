@@ -1,6 +1,6 @@
 """COCO instances and captions JSON: images, boxes with category names, and captions per image.
 
-The JSON files are read one array element at a time (mack.data.jsonstream) and segmentations are
+The JSON files are read one array element at a time with ijson (mack.data.jsonstream) and segmentations are
 dropped as they are read, so a full train2017 instances file (about 450 MB) costs memory for its
 boxes only. Every cross-reference is checked: annotation -> image, annotation -> category, the
 image files on disk, and the instances and captions files against each other.
@@ -53,6 +53,8 @@ class CocoSet:
     boxes: dict[int, list[CocoBox]]  # image id -> boxes in file order ([] for an image without any)
     categories: dict[int, str]  # category id -> name
     captions: dict[int, list[str]] = field(default_factory=dict)  # image id -> captions, file order
+    # category name -> its "supercategory" ("dog" -> "animal"); names without one are absent
+    supercategories: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -159,6 +161,21 @@ def _parse_categories(path: Path, items: list[JsonItem]) -> dict[int, str]:
     return categories
 
 
+def _parse_supercategories(path: Path, items: list[JsonItem]) -> dict[str, str]:
+    """Return category name -> "supercategory" for the categories that have one."""
+    supercategories: dict[str, str] = {}
+    for item in items:
+        entry = _require_object(path, item, ("id", "name"))
+        supercategory = entry.get("supercategory")
+        if supercategory is None:
+            continue
+        if not isinstance(supercategory, str) or not supercategory:
+            where = f"{item.where}, category id {entry['id']!r}"
+            raise _error(path, where, f'"supercategory" is {supercategory!r}, expected a name')
+        supercategories[entry["name"]] = supercategory
+    return supercategories
+
+
 class _PendingBox(NamedTuple):
     """An annotation read before the categories (which COCO files list after the annotations)."""
 
@@ -242,6 +259,7 @@ def load_coco(
     members = _read_members(instances_json, _STREAMED, progress, convert=_read_box)
     images = _parse_images(instances_json, members["images"], images_dir)
     categories = _parse_categories(instances_json, members["categories"])
+    supercategories = _parse_supercategories(instances_json, members["categories"])
     boxes: dict[int, list[CocoBox]] = {image_id: [] for image_id in images}
     annotation_ids: set[int] = set()
     for pending in members.pop("annotations"):
@@ -259,7 +277,7 @@ def load_coco(
             Path(captions_json), images, instances_json, require_all_captioned, progress
         )
 
-    coco = CocoSet(images, boxes, categories, captions)
+    coco = CocoSet(images, boxes, categories, captions, supercategories)
     logger.info(
         "COCO %s: %d images, %d boxes, %d categories, %d captions",
         instances_json.name, len(coco), coco.n_boxes, len(categories), coco.n_captions,

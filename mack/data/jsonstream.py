@@ -1,273 +1,106 @@
-"""Incremental reader for large JSON files, one array element at a time.
+"""Streaming reader for large JSON files, one array element at a time, built on ijson.
 
 Visual Genome's objects.json and attributes.json are top-level arrays of about 108k image records
-(GB in total), and COCO's instances JSON is one object whose "annotations" array contains most of the data.
-The reader keeps one buffer of about `chunk_chars` characters plus the element being decoded, and
-decodes each element with the standard library's `json.JSONDecoder.raw_decode`, so no extra
-package is needed. Errors name the file, the line and column, and the array element.
+(GB in total), and COCO's instances JSON is one object whose "annotations" array contains most of
+the data. ijson (with its yajl2_c backend when the C extension is installed) parses the file in
+blocks of `buf_size` bytes, so memory holds one block plus the element being built.
+
+Positions: ijson reports no position for a decoded value, so an element is named by its index
+("record 12", '"annotations"[12]'). When the file is malformed, the reader parses it a second
+time up to the failing block and feeds that block one byte at a time, which finds the byte
+offset where the parser stopped. The error names that offset with its line and column (for a
+token such as a number or a string, the parser stops at the token's end or at the byte after it).
 """
 
 from __future__ import annotations
 
+import ast
 import codecs
-import json
 import os
-import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import ijson
 from tqdm.auto import tqdm
 
 from mack.data import DataFormatError
 
-CHUNK_CHARS = 1 << 20
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
-# Characters that end a number or a literal. A value with none of them after it may continue.
-_DELIMITER = re.compile(r"[ \t\n\r,:\[\]{}\"]")
-_DECODER = json.JSONDecoder()
+BUF_SIZE = 1 << 16
+_WHITESPACE = b" \t\n\r"
+_BOM = codecs.BOM_UTF8
+_OPEN = frozenset({"start_map", "start_array"})
+_CLOSE = frozenset({"end_map", "end_array"})
 _FIX = "The file is not valid JSON: re-download or re-export it (a truncated copy fails this way)"
 
 
 @dataclass(frozen=True)
 class JsonItem:
-    """One decoded value and where it starts in the file."""
+    """One decoded value and the array element or object member it came from."""
 
     key: str | None  # member of the top-level object, None for a top-level array
     index: int | None  # position in its array, None for a member that is not streamed
     value: Any
-    line: int  # 1-based
-    column: int  # 1-based, in characters
 
     @property
     def where(self) -> str:
-        """Location for error messages, e.g. 'line 1, column 8031, "annotations"[12]'."""
-        parts = [f"line {self.line}, column {self.column}"]
-        if self.key is not None and self.index is not None:
-            parts.append(f'"{self.key}"[{self.index}]')
-        elif self.index is not None:
-            parts.append(f"record {self.index}")
-        elif self.key is not None:
-            parts.append(f'"{self.key}"')
-        return ", ".join(parts)
+        """Location for error messages, e.g. 'record 12' or '"annotations"[12]'."""
+        return _describe(self.key, self.index)
 
 
-class _Buffer:
-    """Text buffer over a binary UTF-8 file that tracks the line and column of any buffer index."""
+def _describe(key: str | None, index: int | None) -> str:
+    if key is not None and index is not None:
+        return f'"{key}"[{index}]'
+    if index is not None:
+        return f"record {index}"
+    if key is not None:
+        return f'"{key}"'
+    return "top-level value"
 
-    def __init__(self, handle: BinaryIO, path: Path, chunk_chars: int, progress: tqdm):
+
+class _Cursor:
+    """The element being read, for messages about a parse error."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.index: int | None = None
+
+    @property
+    def where(self) -> str:
+        return _describe(self.key, self.index)
+
+
+class _CountingReader:
+    """Binary file wrapper that records where the last block handed to the parser starts."""
+
+    def __init__(self, handle: BinaryIO, start: int, bar: tqdm):
         self.handle = handle
-        self.path = path
-        self.chunk_chars = chunk_chars
-        self.progress = progress
-        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
-        self.bytes_read = 0
-        self.text = ""
-        self.pos = 0
-        self.eof = False
-        self.line = 1  # line number at buffer index `counted`
-        self.counted = 0
-        self.line_start = 0  # buffer index where that line starts (negative after compaction)
+        self.offset = start
+        self.block_start = start
+        self.bar = bar
 
-    def fill(self, min_chars: int = 0) -> bool:
-        """Append at least one chunk to the buffer; return False at end of file."""
-        if self.eof:
-            return False
-        self._compact()
-        data = self.handle.read(max(self.chunk_chars, min_chars))
-        self.progress.update(len(data))
-        try:
-            self.text += self.decoder.decode(data, final=not data)
-        except UnicodeDecodeError as error:
-            where = f"byte offset {self.bytes_read + error.start}"
-            problem = f"invalid UTF-8 ({error.reason})"
-            raise DataFormatError(f"{self.path}, {where}: {problem}. {_FIX}") from error
-        self.bytes_read += len(data)
-        if not data:
-            self.eof = True
-        return bool(data)
-
-    def _compact(self) -> None:
-        if self.pos < self.chunk_chars:
-            return
-        self._count_lines(self.pos)
-        self.text = self.text[self.pos :]
-        self.counted -= self.pos
-        self.line_start -= self.pos
-        self.pos = 0
-
-    def _count_lines(self, index: int) -> None:
-        if index <= self.counted:
-            return
-        newlines = self.text.count("\n", self.counted, index)
-        if newlines:
-            self.line += newlines
-            self.line_start = self.text.rfind("\n", self.counted, index) + 1
-        self.counted = index
-
-    def location(self, index: int) -> tuple[int, int]:
-        """Return (line, column), both 1-based, of a buffer index at or after earlier requests."""
-        self._count_lines(index)
-        return self.line, index - self.line_start + 1
-
-    def peek(self) -> str | None:
-        """Skip whitespace and return the next character, or None at end of file."""
-        while True:
-            self.pos = _WHITESPACE.match(self.text, self.pos).end()
-            if self.pos < len(self.text):
-                return self.text[self.pos]
-            if not self.fill():
-                return None
-
-    def decode(self) -> Any:
-        """Decode the JSON value that starts at the current position and move past it."""
-        while True:
-            try:
-                value, end = _DECODER.raw_decode(self.text, self.pos)
-            except json.JSONDecodeError as error:
-                if self._maybe_cut(error) and self.fill(len(self.text) - self.pos):
-                    continue
-                raise self._decode_error(error) from error
-            # A number or literal cut at the buffer end ("-0" of "-0.5") decodes without error.
-            if not _DELIMITER.search(self.text, end) and self.fill():
-                continue
-            self.pos = end
-            return value
-
-    def _runs_to_end(self, error: json.JSONDecodeError) -> bool:
-        """Return whether the error may come from the buffer ending inside a value, not from bad JSON."""
-        unterminated = error.msg.startswith("Unterminated string")
-        return unterminated or not _DELIMITER.search(self.text, error.pos)
-
-    def _maybe_cut(self, error: json.JSONDecodeError) -> bool:
-        return not self.eof and self._runs_to_end(error)
-
-    def _decode_error(self, error: json.JSONDecodeError) -> DataFormatError:
-        problem = f"invalid JSON ({error.msg})"
-        if self.eof and self._runs_to_end(error):
-            problem = f"the file ends in the middle of a value ({error.msg})"
-        return self.error_at(error.pos, problem, _FIX)
-
-    def error_at(self, index: int, problem: str, fix: str = _FIX) -> DataFormatError:
-        line, column = self.location(index)
-        return DataFormatError(f"{self.path}, line {line}, column {column}: {problem}. {fix}")
-
-    def expect(self, char: str, context: str) -> None:
-        found = self.peek()
-        if found != char:
-            shown = "end of file" if found is None else repr(found)
-            raise self.error_at(self.pos, f"expected {char!r} {context}, found {shown}")
-        self.pos += 1
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.block_start = self.offset
+        self.offset += len(data)
+        self.bar.update(len(data))
+        return data
 
 
-def _iter_array(buffer: _Buffer, key: str | None) -> Iterator[JsonItem]:
-    """Yield the elements of the array that starts at the buffer position."""
-    context = "at the start of the top-level array" if key is None else f'to open "{key}"'
-    buffer.expect("[", context)
-    if buffer.peek() == "]":
-        buffer.pos += 1
-        return
-
-    index = 0
-    while True:
-        if buffer.peek() is None:
-            raise buffer.error_at(buffer.pos, f"the file ends before element {index}")
-        line, column = buffer.location(buffer.pos)
-        value = buffer.decode()
-        yield JsonItem(key, index, value, line, column)
-
-        separator = buffer.peek()
-        if separator == ",":
-            buffer.pos += 1
-            index += 1
-            continue
-        if separator == "]":
-            buffer.pos += 1
-            return
-        shown = "end of file" if separator is None else repr(separator)
-        raise buffer.error_at(
-            buffer.pos, f"expected ',' or ']' after element {index}, found {shown}"
-        )
-
-
-def _iter_object(buffer: _Buffer, stream_keys: Collection[str]) -> Iterator[JsonItem]:
-    """Yield the members of the object at the buffer position, streaming arrays under stream_keys."""
-    buffer.expect("{", "at the start of the top-level object")
-    if buffer.peek() == "}":
-        buffer.pos += 1
-        return
-
-    while True:
-        if buffer.peek() != '"':
-            raise buffer.error_at(buffer.pos, "expected a member name in double quotes")
-        key = buffer.decode()
-        buffer.expect(":", f'after the member name "{key}"')
-        if key in stream_keys and buffer.peek() == "[":
-            yield from _iter_array(buffer, key)
-        else:
-            buffer.peek()
-            line, column = buffer.location(buffer.pos)
-            yield JsonItem(key, None, buffer.decode(), line, column)
-
-        separator = buffer.peek()
-        if separator == ",":
-            buffer.pos += 1
-            continue
-        if separator == "}":
-            buffer.pos += 1
-            return
-        shown = "end of file" if separator is None else repr(separator)
-        raise buffer.error_at(buffer.pos, f'expected "," or "}}" after "{key}", found {shown}')
-
-
-def _stream(
-    path: str | os.PathLike,
-    top: str,
-    stream_keys: Collection[str],
-    progress: bool,
-    chunk_chars: int,
-) -> Iterator[JsonItem]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found. Check the path or download the file.")
-    with (
-        open(path, "rb") as handle,
-        tqdm(
-            total=path.stat().st_size,
-            unit="B",
-            unit_scale=True,
-            desc=path.name,
-            disable=not progress,
-        ) as bar,
-    ):
-        buffer = _Buffer(handle, path, chunk_chars, bar)
-        first = buffer.peek()
-        if first is None:
-            raise buffer.error_at(buffer.pos, "the file is empty", "Re-download or re-export it")
-        if top == "records" and first == "[":
-            yield from _iter_array(buffer, None)
-        elif top == "records" and first == "{":
-            line, column = buffer.location(buffer.pos)
-            yield JsonItem(None, None, buffer.decode(), line, column)
-        elif top == "object":
-            yield from _iter_object(buffer, stream_keys)
-        else:
-            raise buffer.error_at(buffer.pos, f"expected '[' or '{{', found {first!r}")
-
-        if buffer.peek() is not None:
-            raise buffer.error_at(buffer.pos, "extra data after the top-level value")
+# ----------------------------------------------------------------------------- public readers
 
 
 def iter_json_records(
-    path: str | os.PathLike, *, progress: bool = False, chunk_chars: int = CHUNK_CHARS
+    path: str | os.PathLike, *, progress: bool = False, buf_size: int = BUF_SIZE
 ) -> Iterator[JsonItem]:
     """Yield the elements of a top-level JSON array one at a time.
 
     A file whose top level is an object (a single Visual Genome record) yields that object once,
-    with index None. Raises DataFormatError with the line and column of malformed JSON.
+    with index None. Raises DataFormatError with the byte offset, line and column of malformed
+    JSON and the index of the record being read.
     """
-    return _stream(path, "records", (), progress, chunk_chars)
+    return _stream(Path(path), "records", (), progress, buf_size)
 
 
 def iter_json_members(
@@ -275,10 +108,206 @@ def iter_json_members(
     stream_keys: Collection[str],
     *,
     progress: bool = False,
-    chunk_chars: int = CHUNK_CHARS,
+    buf_size: int = BUF_SIZE,
 ) -> Iterator[JsonItem]:
     """Yield the members of a top-level JSON object, with arrays under `stream_keys` element by element.
 
     A streamed element has `key` and `index` set; any other member is yielded whole with index None.
     """
-    return _stream(path, "object", stream_keys, progress, chunk_chars)
+    return _stream(Path(path), "object", frozenset(stream_keys), progress, buf_size)
+
+
+def _stream(
+    path: Path, top: str, stream_keys: frozenset[str], progress: bool, buf_size: int
+) -> Iterator[JsonItem]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found. Check the path or download the file.")
+    bar = tqdm(
+        total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name, disable=not progress
+    )
+    with open(path, "rb") as handle, bar:
+        start, first = _first_token(handle, path)
+        _check_top_level(path, start, first, top)
+        handle.seek(start)
+        bar.update(start)
+        reader = _CountingReader(handle, start, bar)
+        cursor = _Cursor()
+        try:
+            if top == "records":
+                yield from _records(reader, first, cursor, buf_size)
+            else:
+                yield from _members(reader, stream_keys, cursor, buf_size)
+        except ijson.JSONError as error:
+            raise _parse_error(path, start, reader.block_start, error, cursor, buf_size) from None
+
+
+def _first_token(handle: BinaryIO, path: Path) -> tuple[int, bytes]:
+    """Return the byte offset and value of the first byte that is not whitespace or a UTF-8 BOM."""
+    offset = len(_BOM) if handle.read(len(_BOM)) == _BOM else 0
+    handle.seek(offset)
+    while block := handle.read(4096):
+        stripped = block.lstrip(_WHITESPACE)
+        if stripped:
+            return offset + len(block) - len(stripped), stripped[:1]
+        offset += len(block)
+    raise DataFormatError(
+        f"{path}, line 1, column 1: the file is empty. Re-download or re-export it"
+    )
+
+
+def _check_top_level(path: Path, start: int, first: bytes, top: str) -> None:
+    allowed = b"[{" if top == "records" else b"{"
+    if first in allowed:
+        return
+    expected = " or ".join(repr(chr(byte)) for byte in allowed)
+    problem = f"expected {expected}, found {first.decode(errors='replace')!r}"
+    raise _error_at(path, start, None, problem)
+
+
+# ----------------------------------------------------------------------------- element streams
+
+
+def _records(reader: _CountingReader, first: bytes, cursor: _Cursor, buf_size: int):
+    if first == b"{":
+        for value in ijson.items(reader, "", use_float=True, buf_size=buf_size):
+            yield JsonItem(None, None, value)
+        return
+
+    cursor.index = 0
+    for value in ijson.items(reader, "item", use_float=True, buf_size=buf_size):
+        yield JsonItem(None, cursor.index, value)
+        cursor.index += 1
+
+
+def _members(reader: _CountingReader, stream_keys: frozenset[str], cursor: _Cursor, buf_size: int):
+    """Walk the top-level object's events; build each streamed element and each other member."""
+    events = ijson.basic_parse(reader, use_float=True, buf_size=buf_size)
+    next(events)  # start_map: the first byte is "{"
+    # The loop runs past the final end_map, so ijson raises for any data after the object.
+    for event, key in events:
+        if event != "map_key":
+            continue
+        cursor.key, cursor.index = key, None
+        event, value = next(events)
+        if key not in stream_keys or event != "start_array":
+            yield JsonItem(key, None, _build(event, value, events))
+            continue
+
+        cursor.index = 0
+        for event, value in events:
+            if event == "end_array":
+                break
+            yield JsonItem(key, cursor.index, _build(event, value, events))
+            cursor.index += 1
+
+
+def _build(event: str, value: Any, events: Iterator[tuple[str, Any]]) -> Any:
+    """Return the value that starts with (event, value), consuming its events."""
+    if event not in _OPEN:
+        return value
+    builder = ijson.ObjectBuilder()
+    builder.event(event, value)
+    depth = 1
+    for event, value in events:
+        builder.event(event, value)
+        if event in _OPEN:
+            depth += 1
+        elif event in _CLOSE:
+            depth -= 1
+            if depth == 0:
+                return builder.value
+    raise AssertionError("ijson ended inside a value without raising")  # pragma: no cover
+
+
+# ----------------------------------------------------------------------------- error positions
+
+
+def _parse_error(
+    path: Path, start: int, block_start: int, error: ijson.JSONError, cursor: _Cursor, buf_size: int
+) -> DataFormatError:
+    """Translate an ijson error into a DataFormatError naming the byte offset, line and column."""
+    reason = _reason(error)
+    if "premature eof" in reason.lower() or "incomplete json" in reason.lower():
+        problem = "the file ends in the middle of a value (it may be truncated)"
+        return _error_at(path, path.stat().st_size, cursor.where, problem)
+
+    offset = _stop_offset(path, start, block_start, buf_size)
+    if "trailing garbage" in reason or "additional data" in reason.lower():
+        problem = "extra data after the top-level value"
+    elif "utf8" in reason.lower() or "utf-8" in reason.lower():
+        problem = f"invalid UTF-8 ({reason})"
+    else:
+        problem = f"invalid JSON ({reason})"
+    return _error_at(path, offset, cursor.where, problem)
+
+
+def _reason(error: ijson.JSONError) -> str:
+    """Return the first line of ijson's message without yajl's "parse error: " prefix."""
+    text = str(error)
+    if text[:2] in ("b'", 'b"'):  # yajl2_c passes some messages on as the repr of bytes
+        try:
+            text = ast.literal_eval(text).decode("utf-8", errors="replace")
+        except (ValueError, SyntaxError):
+            pass
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    for prefix in ("parse error: ", "lexical error: "):
+        first = first.removeprefix(prefix)
+    return first.rstrip(".")
+
+
+def _stop_offset(path: Path, start: int, block_start: int, buf_size: int) -> int:
+    """Return the byte offset at which a parser fed the failing block one byte at a time raises.
+
+    The bytes before `block_start` go in whole blocks, so this costs one more parse of the file
+    up to the failing block. Should the error not show within two blocks of bytes fed one by
+    one, the rest goes in whole blocks and the offset is only as precise as a block. Returns the
+    file size if nothing raises before the end.
+    """
+    events = ijson.sendable_list()
+    parser = ijson.basic_parse_coro(events, use_float=True)
+    byte_by_byte = range(block_start, block_start + 2 * buf_size)
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        offset = start
+        try:
+            while block := handle.read(1 if offset in byte_by_byte else buf_size):
+                if offset < block_start:
+                    block = block[: block_start - offset]
+                    handle.seek(offset + len(block))
+                parser.send(block)
+                offset += len(block)
+                events.clear()
+            parser.close()
+        except ijson.JSONError:
+            return offset  # the send or close that raised had not yet advanced `offset`
+    return offset
+
+
+def _error_at(path: Path, offset: int, where: str | None, problem: str) -> DataFormatError:
+    line, column = line_column(path, offset)
+    location = f"line {line}, column {column}, byte offset {offset}"
+    if where is not None:
+        location = f"{where}, {location}"
+    return DataFormatError(f"{path}, {location}: {problem}. {_FIX}")
+
+
+def line_column(path: str | os.PathLike, offset: int) -> tuple[int, int]:
+    """Return the 1-based line and column (in characters) of a byte offset of a UTF-8 file."""
+    line = 1
+    tail_chars = 0
+    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+    with open(path, "rb") as handle:
+        remaining = offset
+        while remaining > 0:
+            block = handle.read(min(1 << 20, remaining))
+            if not block:
+                break
+            remaining -= len(block)
+            newlines = block.count(b"\n")
+            if newlines:
+                line += newlines
+                block = block[block.rfind(b"\n") + 1 :]
+                decoder.reset()
+                tail_chars = 0
+            tail_chars += len(decoder.decode(block))
+    return line, tail_chars + 1

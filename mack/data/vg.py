@@ -2,7 +2,7 @@
 
 Files: image_data.json (one record per image), objects.json (records with "objects") and
 attributes.json (the same objects with an optional "attributes" list each). All three are
-top-level JSON arrays. They are read one image record at a time (see mack.data.jsonstream), so
+top-level JSON arrays. They are read one image record at a time with ijson (mack.data.jsonstream), so
 memory contains one record, never the whole file. In the 100-image VG 1.4 sample, attributes.json
 lists every object of objects.json (and more) with its names, so it alone gives names and attributes.
 
@@ -135,7 +135,8 @@ def iter_vg_objects(
     """Yield every object of objects.json or attributes.json, one image record at a time.
 
     `images` (from load_image_data) makes an image_id missing from image_data.json an error.
-    Raises DataFormatError naming the file, line, column, image_id and object.
+    Raises DataFormatError naming the file, the record index, image_id and object (and the byte
+    offset, line and column of malformed JSON).
     """
     path = Path(path)
     for item in iter_json_records(path, progress=progress):

@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks of mack; `python -m benchmarks.run_all` runs them all."""
