@@ -42,7 +42,7 @@ def _current_umask() -> int:
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write `data` as indented JSON, atomically."""
     with atomic_write(path, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=False, default=_json_default)
+        json.dump(data, handle, indent=2, sort_keys=False, default=json_default)
         handle.write("\n")
 
 
@@ -52,7 +52,8 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
         np.savez(handle, **arrays)
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """Convert numpy scalars and arrays and paths for json.dump; raise TypeError for anything else."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

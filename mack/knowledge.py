@@ -24,7 +24,7 @@ import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from mack.io import save_npz
+from mack.io import json_default, save_npz
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class Knowledge:
     def save(self, path: str | os.PathLike) -> None:
         """Write the knowledge to one .npz file atomically (readable with allow_pickle=False)."""
         try:
-            provenance_json = json.dumps(self.provenance, default=_json_scalar)
+            provenance_json = json.dumps(self.provenance, default=json_default)
         except TypeError as error:
             raise ValueError(
                 f"cannot save knowledge to {path}: provenance is not JSON serialisable ({error}); "
@@ -265,16 +265,6 @@ def _unicode_array(strings: Sequence[str]) -> np.ndarray:
     if not strings:
         return np.zeros(0, dtype="<U1")
     return np.array(strings, dtype=str)
-
-
-def _json_scalar(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} value {value!r} is not JSON serialisable")
 
 
 def _read_npz_fields(path: Path) -> dict[str, np.ndarray]:
