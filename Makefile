@@ -28,7 +28,7 @@ $(SETUP_STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-test: setup  ## Run the fast test suite, offline (real-data tests skip without $(MACK_DATA)).
+test: setup  ## Run the fast test suite, offline (real-data tests skip without MACK_DATA).
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: setup  ## Run every test, including the slow end-to-end runs on real and synthetic data.

@@ -523,6 +523,7 @@ def run(
     start = time.perf_counter()
     out = Path(out) if out is not None else config.PROJECT_ROOT / "results"
     synonym_map = load_synonyms(synonyms) if synonyms else None
+    config.data_root(data_root)  # a missing data folder is reported before the tagger check
     ensure_tagger(data_root)
     data = load_data(data_root)
     load_seconds = time.perf_counter() - start

@@ -30,9 +30,20 @@ def check_tier(tier: str) -> str:
     return tier
 
 
-def markdown_table(table: pd.DataFrame, floatfmt: str = ".1f") -> str:
-    """Format a table as GitHub Markdown with one decimal by default."""
-    return table.to_markdown(floatfmt=floatfmt)
+def markdown_table(table: pd.DataFrame, digits: int = 4) -> str:
+    """Format a table as GitHub Markdown: whole-number columns as integers, other floats with
+    `digits` significant digits, so that a small effect (0.674 against 0.720) stays visible."""
+    table = table.copy()
+    for column in table.columns:
+        values = table[column]
+        if pd.api.types.is_float_dtype(values) and values.notna().all():
+            if (values == values.round()).all():
+                table[column] = [str(int(value)) for value in values]
+            else:
+                table[column] = [f"{value:.{digits}g}" for value in values]
+        elif pd.api.types.is_integer_dtype(values):
+            table[column] = [str(value) for value in values]
+    return table.to_markdown(stralign="right")
 
 
 def save_results(

@@ -345,3 +345,12 @@ def test_texts_fingerprint_follows_units() -> None:
 
     assert analysis.texts_fingerprint(first) == analysis.texts_fingerprint(same)
     assert analysis.texts_fingerprint(first) != analysis.texts_fingerprint(other)
+
+
+def test_compare_directions_tie_is_no_effect():
+    Claim, compare_directions = analysis.Claim, analysis.compare_directions
+    run = pd.DataFrame({"rsum": [53.36, 53.36 + 1e-12]}, index=["f=50", "f=100"])
+    claims = [Claim("f=100 beats f=50", "f=50", "f=100", "rsum", paper=True)]
+    table = compare_directions(run, run, claims)
+    assert table.loc["f=100 beats f=50", "this run"] == "no"
+    assert table.loc["f=100 beats f=50", "same direction"] == "no"

@@ -46,3 +46,17 @@ def test_save_npz_round_trip(tmp_path):
     save_npz(tmp_path / "a.npz", a=np.arange(4, dtype=np.float32))
     with np.load(tmp_path / "a.npz") as data:
         np.testing.assert_array_equal(data["a"], np.arange(4, dtype=np.float32))
+
+
+def test_markdown_table_integers_and_significant_digits():
+    import pandas as pd
+
+    from mack.report import markdown_table
+
+    table = pd.DataFrame({"count": [395.0, 16203.0], "share": [0.674, 0.7201]}, index=["a", "b"])
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in markdown_table(table).splitlines()
+    ]
+    assert rows[2] == ["a", "395", "0.674"]
+    assert rows[3] == ["b", "16203", "0.7201"]
