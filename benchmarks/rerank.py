@@ -68,12 +68,13 @@ def run(size: Size, args) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed + 2)
     base = rng.random((size.n_images, len(texts)), dtype=np.float32)
 
-    scoring = {"seconds": 0.0}
+    scoring = {"seconds": 0.0, "cpu_seconds": 0.0}
 
     def pair_scorer(image_idx: np.ndarray, text_idx: np.ndarray) -> np.ndarray:
         with common.timer() as elapsed:
             scores = score_pairs(knowledge, texts, images, image_idx, text_idx, progress=False)
         scoring["seconds"] += elapsed["seconds"]
+        scoring["cpu_seconds"] += elapsed["cpu_seconds"]
         return scores
 
     gc.collect()
@@ -90,7 +91,9 @@ def run(size: Size, args) -> dict[str, Any]:
         "parse_seconds": parsed.parse_seconds,
         "parse_cached": parsed.cached,
         "rerank_seconds": total["seconds"],
+        "rerank_cpu_seconds": total["cpu_seconds"],
         "pair_scoring_seconds": scoring["seconds"],
+        "pair_scoring_cpu_seconds": scoring["cpu_seconds"],
         "rerank_without_scoring_seconds": total["seconds"] - scoring["seconds"],
         "pairs_scored": n_pairs,
         "share_of_full_matrix": n_pairs / (size.n_images * len(texts)),

@@ -517,7 +517,7 @@ def _reduce_region_axis(scores: np.ndarray, counts: np.ndarray, reduction: str) 
     """Reduce `(n_rows, I, c)` region-major cosines over axis 1 -> `(n_rows, c)`.
 
     counts: (c,) valid regions per image. Padding cosines are 0 because padding regions are zero
-    vectors; for "max" they are overwritten with -inf in place. An image with no region gives 0.
+    vectors, and "max" overwrites them with -inf in place. An image with no region gives 0.
     """
     if reduction == "mean":
         return scores.sum(axis=1) / np.maximum(counts, 1).astype(np.float32)
@@ -570,12 +570,13 @@ def _auto_chunk_size(n_rows_per_region: int, images: ImageRegions, extra_per_ima
 
 @dataclass
 class _TextPooling:
-    """Reduction of per-unit scores over each text's units.
+    """Reduction of per-unit scores over each text's units, for score_matrix.
 
-    mean: weights (n_texts, n_units) sparse, 1 / (units of the text) per occurrence, repeats
-    summed, so weights @ per_unit is the mean. max: text_units lists each text's distinct units,
-    text t owning text_units[starts[k]:...] for the k-th text that has units.
     has_units: (n_texts,) bool. A text with no unit gets EMPTY_SCORE.
+    weights ("mean"): (n_texts, n_units) float32 sparse, 1 / (units of the text) for each
+    occurrence of a unit, repeats summed, so weights @ per_unit is the mean over units.
+    text_units, starts ("max"): the distinct units of each text with units, text after text.
+    The k-th text that has units owns text_units[starts[k]:starts[k + 1]].
     """
 
     reduction: str
