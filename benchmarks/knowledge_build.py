@@ -241,7 +241,7 @@ def check_counts(direct: Knowledge, report: Any, n_labels: int) -> None:
     """Raise RuntimeError unless both builds used every annotation they kept.
 
     build_from_vg cleans the words and counts a word once per region, so a box drawn with the same
-    attribute twice counts once there; the builder-only pass counts every drawn label.
+    attribute twice counts once there. The builder-only pass counts every drawn label.
     """
     counted = int(direct.counts.sum())
     if counted != n_labels:

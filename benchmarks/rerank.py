@@ -1,12 +1,12 @@
 """Time MACK re-ranking of a COCO 5K base model, k = 15, both directions.
 
-Inputs: a random base similarity matrix (5,000 images x 25,000 texts), random region features
-(5,000 x 36 x 2048, uniform in [0, 1)), the real COCO 5K test captions parsed once with
-TextParser (timed apart), and a knowledge of the bottom-up Visual Genome vocabulary with random
-prototypes. The pair scorer is mack.matching.score_pairs, so only the top-k pairs of both
-directions are scored. The script reports the rerank time with and without the pair scoring,
-the number of pairs against the full matrix, and the max absolute difference between the pair
-scores and the per-pair reference on a sample of pairs.
+The inputs are a random base similarity matrix (5,000 images x 25,000 texts), random region
+features (5,000 x 36 x 2048, uniform in [0, 1)) and the real COCO 5K test captions, parsed once
+with TextParser and timed apart. The knowledge holds the bottom-up Visual Genome vocabulary with
+random prototypes. The pair scorer is mack.matching.score_pairs, so only the top-k pairs of both
+directions are scored. The script reports the rerank time with and without the pair scoring, the
+number of pairs against the full matrix, and the max absolute difference between the pair scores
+and the per-pair reference on a sample of pairs.
 
 Run: `python -m benchmarks.rerank` (add `--quick` for a smoke run).
 """

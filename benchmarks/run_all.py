@@ -296,18 +296,19 @@ def target_of(flat: dict[str, Any], key: str) -> dict[str, Any] | None:
 
 
 def external_rows(run: dict[str, Any]) -> list[str]:
-    """Rows for the targets that the other developers' scripts record in the same form."""
+    """Rows for the other developers' scripts: every {"value", "target", "met"} in their JSON."""
     rows = []
     for name in OTHER_SCRIPTS:
         figures = (run["benchmarks"].get(name) or {}).get("figures") or {}
         flat = common.flatten(figures)
-        for key in sorted(k for k in flat if ".targets." in f".{k}" and k.endswith(".target")):
+        for key in sorted(k for k in flat if k.endswith(".target")):
             base = key[: -len(".target")]
-            value = flat.get(f"{base}.value")
-            met = flat.get(f"{base}.met")
+            if f"{base}.met" not in flat or f"{base}.value" not in flat:
+                continue
             label = f"{name}: {base.replace('targets.', '')}"
-            met_text = "yes" if met else "**no**"
-            rows.append(f"| {label} | {format_value(value)} | {flat[key]} | {met_text} |")
+            met_text = "yes" if flat[f"{base}.met"] else "**no**"
+            value = format_value(flat[f"{base}.value"])
+            rows.append(f"| {label} | {value} | {flat[key]} | {met_text} |")
     return rows
 
 

@@ -198,6 +198,11 @@ def test_run_all_markdown_lists_targets_and_status():
                 },
             },
             "vg_rehearsal": {"status": "not present"},
+            "finetune_epoch": {
+                "status": "ok",
+                "seconds": 300.0,
+                "figures": {"epoch": {"seconds_target": common.check(236.0, 180.0)}},
+            },
         },
     }
     text = run_all.markdown(run)
@@ -207,3 +212,4 @@ def test_run_all_markdown_lists_targets_and_status():
         "| Re-ranking 5,000 x 25,000, k = 15, both directions (s) | 6.5 | <= 5 | **no** |" in text
     )
     assert "| vg_rehearsal | not present |  |" in text
+    assert "| finetune_epoch: epoch.seconds_target | 236 | <= 180 | **no** |" in text
