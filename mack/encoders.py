@@ -33,15 +33,15 @@ ImageInput = str | os.PathLike | Image.Image
 
 LITE0_DIM = 1280
 # Input scaling (rgb - 127) / 128, about [-1, 1]. The package's docstring example uses the ImageNet
-# mean and std instead. Classifying 150 coco-extra ground-truth crops (categories with a matching
-# ImageNet class) with the fc layer gave top-1 hits of 49 % with (rgb - 127) / 128, 44 % with the
-# ImageNet mean and std, and 42 % with [0, 1] scaling.
+# mean and std instead. We classified 150 coco-extra ground-truth crops of categories that have a
+# matching ImageNet class with the fc layer. Top-1 hits: 49 % with (rgb - 127) / 128, 44 % with
+# the ImageNet mean and std, 42 % with [0, 1] scaling.
 LITE0_MEAN = 127.0
 LITE0_STD = 128.0
 # Defaults measured by benchmarks/encoder_choice.py on coco-mini (rsum of 79 val images, R@1+5+10
-# both directions): roi 320 / 384 / 448 gave 265 / 253 / 251 with grid regions, crop 128 / 160 / 224
-# gave 243 / 257 / 232, and roi ran 5 to 10 times more boxes per second than crop. The rsum of
-# 79 images is noisy (bootstrap standard deviation about 16), so the sizes are close calls.
+# in both directions, grid regions). roi 320 / 384 / 448 gave 265 / 253 / 251, and crop
+# 128 / 160 / 224 gave 243 / 257 / 232. roi encoded 5 to 10 times more boxes per second than crop.
+# The rsum of 79 images is noisy (bootstrap standard deviation about 16), so sizes are close calls.
 DEFAULT_METHOD = "roi"
 DEFAULT_IMAGE_SIZE = {"crop": 160, "roi": 320}
 METHODS = ("crop", "roi")

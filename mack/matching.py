@@ -768,7 +768,7 @@ def _word_region_blocks(
     (v . r) / |r| over the image's regions, and 0 at padding regions.
 
     Keys are sorted by image, so each image is one matrix product over only the words it needs.
-    The products are small (about 100 x F x I), so each runs on one BLAS thread: on 2 shared
+    The products are small (about 100 x F x I), so each runs on one BLAS thread. On 2 shared
     cores (load about 7) with OpenBLAS 0.3.31, 200 products of 135 x 2048 x 36 took 0.8 s on one
     BLAS thread and 4.8 s on two. The images are shared instead among as many Python threads as
     BLAS had threads, because numpy releases the GIL in np.take and np.matmul. On the same
