@@ -16,6 +16,7 @@ scripts that have a --quick option.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import json
 import os
@@ -63,17 +64,32 @@ SUMMARY = (
     ("scorer", "coco5k.predicted_memory_increment_gb", "COCO 5K: docstring formula (GB)"),
     ("scorer", "coco5k.parse_seconds", "COCO 5K: parsing {n_texts:,} captions, apart (s)"),
     ("knowledge_build", "bytes", "Knowledge build: bottom-up TSV bytes"),
-    ("knowledge_build", "read_seconds_before_build", "Knowledge build: read-only pass (s)"),
+    ("knowledge_build", "read_seconds_before_build", "Knowledge build: read-only pass, before (s)"),
+    ("knowledge_build", "read_seconds_after_build", "Knowledge build: read-only pass, after (s)"),
     ("knowledge_build", "build_seconds", "Knowledge build: build (s)"),
     ("knowledge_build", "build_over_read", "Knowledge build: build / read"),
     (
-        "rerank",
-        "rerank_seconds",
-        "Re-ranking {n_images:,} x {n_texts:,}, k = {k}, both directions (s)",
+        "knowledge_build",
+        "build_cpu_seconds",
+        "Knowledge build: build CPU time, both processes (s)",
     ),
-    ("rerank", "pair_scoring_seconds", "Re-ranking: of which score_pairs (s)"),
-    ("rerank", "pairs_scored", "Re-ranking: pairs scored"),
-    ("rerank", "max_abs_diff", "Re-ranking: max abs difference to the reference"),
+    ("knowledge_build", "read_cpu_seconds", "Knowledge build: read-only pass CPU time (s)"),
+    (
+        "rerank",
+        "caption_word_base.rerank_seconds",
+        "Re-ranking {n_images:,} x {n_texts:,}, k = {k}, both directions, caption-word base (s)",
+    ),
+    ("rerank", "caption_word_base.pair_scoring_seconds", "Re-ranking: of which score_pairs (s)"),
+    (
+        "rerank",
+        "caption_word_base.product_gflop",
+        "Re-ranking: GFLOP of its (image, word) products",
+    ),
+    ("rerank", "caption_word_base.base_recall.rsum", "Re-ranking: rsum of the caption-word base"),
+    ("rerank", "random_base.rerank_seconds", "Re-ranking, random base (worst case) (s)"),
+    ("rerank", "random_base.pair_scoring_seconds", "Re-ranking, random base: score_pairs (s)"),
+    ("rerank", "random_base.product_gflop", "Re-ranking, random base: GFLOP of its products"),
+    ("rerank", "caption_word_base.max_abs_diff", "Re-ranking: max abs difference to the reference"),
 )
 
 
@@ -278,7 +294,8 @@ def markdown(run: dict[str, Any]) -> str:
         if target is not None:
             target_text = target["target"]
             met = "yes" if target["met"] else "**no**"
-        row = f"| {label.format_map(section)} | {format_value(flat[key])} | {target_text} | {met} |"
+        label = label.format_map(collections.ChainMap(section, figures))
+        row = f"| {label} | {format_value(flat[key])} | {target_text} | {met} |"
         lines.append(row)
 
     lines += external_rows(run)

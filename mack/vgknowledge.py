@@ -36,15 +36,20 @@ the last saved row, and its knowledge equals that of an uninterrupted build exac
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import logging
+import multiprocessing
 import os
+import pickle
 import time
+import warnings
 import zipfile
 from array import array
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +67,11 @@ logger = logging.getLogger(__name__)
 
 ANNOTATED, DETECTED = "annotated", "detected"
 REGION_BOXES = (ANNOTATED, DETECTED)
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: regions added in batches of ADD_BATCH_ROWS
 DEFAULT_CHUNK_ROWS = 10_000
+ADD_BATCH_ROWS = 4096  # labelled region rows per KnowledgeBuilder.add call
+PARALLEL_MIN_BYTES = 64 * 2**20  # TSV size from which parallel=None reads annotations apart
+READ_AHEAD_BYTES = 512 * 2**20  # TSV features read ahead while the annotations are parsed
 _HASHED_BYTES = 1 << 16  # bytes hashed at each end of an input file for the checkpoint fingerprint
 _LOGGED_UNMATCHED = 5
 
@@ -105,7 +113,7 @@ class _ImageRegions:
     object_ids: list[int]
     boxes: np.ndarray  # (m, 4) float64 x1, y1, x2, y2
     words: list[list[str]]  # per region, its kept words
-    positions: list[int]  # per region, index of its object in the image's object list
+    positions: np.ndarray  # (m,) int64, per region the index of its object in the image's list
     n_objects: int  # objects of the image in the annotation file, kept or not
 
 
@@ -175,7 +183,9 @@ def _kept_regions(
             object_ids=[object_id for object_id, _, _ in entries],
             boxes=np.array([box for _, box, _ in entries], dtype=np.float64),
             words=[words for _, _, words in entries],
-            positions=[order[image_id].index(object_id) for object_id, _, _ in entries],
+            positions=np.array(
+                [order[image_id].index(object_id) for object_id, _, _ in entries], dtype=np.int64
+            ),
             n_objects=len(order[image_id]),
         )
         for image_id, entries in grouped.items()
@@ -194,7 +204,12 @@ def match_annotated_boxes(
     tsv_boxes: (n, 4) x1, y1, x2, y2 of one TSV row. See the module docstring for the rule.
     """
     n_regions, n_rows = len(regions.object_ids), len(tsv_boxes)
-    positions = np.asarray(regions.positions, dtype=np.int64)
+    positions = regions.positions
+    # Fast path, the usual case of features extracted at the annotated boxes: each region's own
+    # row holds its exact box. Distance 0 is the closest, and rule 1 then picks the own position.
+    if n_regions and positions.max() < n_rows:
+        if np.array_equal(regions.boxes, tsv_boxes[positions]):
+            return positions.copy(), Counter(regions_matched_by_box=n_regions)
     distance = np.abs(regions.boxes[:, None, :] - np.asarray(tsv_boxes)[None, :, :]).max(axis=2)
     distance = np.where(distance <= box_tolerance, distance, np.inf).reshape(n_regions, n_rows)
 
@@ -381,6 +396,7 @@ def build_from_vg(
     encoder: str | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    parallel: bool | None = None,
     progress: bool = True,
 ) -> tuple[Knowledge, BuildReport]:
     """Build the pretrained knowledge (eq. 1) from VG annotations and a bottom-up TSV.
@@ -391,6 +407,9 @@ def build_from_vg(
     the random region per word. region_boxes: ANNOTATED (route a) or DETECTED (route b), see the
     module docstring. encoder: a name stored in the provenance (e.g. "bottom-up ResNet-101").
     checkpoint_dir / chunk_rows: save progress every chunk_rows TSV rows and resume from it.
+    parallel: read the annotations in a second (forked) process while this one reads up to
+    READ_AHEAD_BYTES of TSV features ahead. The result is the same. None does so where fork is
+    available and the TSV has PARALLEL_MIN_BYTES or more.
     Returns the knowledge and a BuildReport. Raises ValueError when no region gets a feature.
     """
     started = time.perf_counter()
@@ -405,34 +424,124 @@ def build_from_vg(
         "iou_threshold": iou_threshold, "encoder": encoder, "chunk_rows": chunk_rows,
     }  # fmt: skip
     report = BuildReport(str(annotations_json), str(features_tsv), region_boxes, region_cap, seed)
-
-    by_image, types = _kept_regions(
-        annotations_json, report, region_cap=region_cap, seed=seed,
-        use_attributes=use_attributes, progress=progress,
-    )  # fmt: skip
-    provenance = {
-        "source": "visual_genome", "annotations": annotations_json.name,
-        "features": features_tsv.name, "share_kept": report.share_kept, **settings,
-    }  # fmt: skip
-    provenance.pop("chunk_rows")
-
     checkpoint = None
     if checkpoint_dir is not None:
         fingerprint = _fingerprint(annotations_json, features_tsv, settings)
         checkpoint = (Path(checkpoint_dir) / f"vg-knowledge-{fingerprint[:16]}.npz", fingerprint)
     builder, state = _start(checkpoint, report)
 
-    builder = _stream_features(
-        features_tsv, by_image, types, builder, state, report, provenance, checkpoint,
-        region_boxes=region_boxes, tolerance=box_tolerance, iou_threshold=iou_threshold,
-        chunk_rows=chunk_rows, progress=progress,
-    )  # fmt: skip
+    dim = builder.dim if builder is not None else None
+    rows = iter_bottomup_tsv(
+        features_tsv, dim, offset=state.offset, line=state.line, progress=progress
+    )
+    with contextlib.closing(rows):
+        options = {"region_cap": region_cap, "seed": seed, "use_attributes": use_attributes}
+        if parallel is None:
+            parallel = _can_fork() and features_tsv.stat().st_size >= PARALLEL_MIN_BYTES
+        if parallel:
+            by_image, types, ahead = _kept_regions_while_reading(
+                annotations_json, report, rows, options
+            )
+        else:
+            by_image, types = _kept_regions(annotations_json, report, progress=progress, **options)
+            ahead = []
+        provenance = {
+            "source": "visual_genome", "annotations": annotations_json.name,
+            "features": features_tsv.name, "share_kept": report.share_kept, **settings,
+        }  # fmt: skip
+        provenance.pop("chunk_rows")
+        builder = _add_rows(
+            itertools.chain(ahead, rows), by_image, types, builder, state, report, provenance,
+            checkpoint, region_boxes=region_boxes, tolerance=box_tolerance,
+            iou_threshold=iou_threshold, chunk_rows=chunk_rows,
+        )  # fmt: skip
     knowledge = _finish(builder, state, by_image, report)
     if checkpoint is not None:
         checkpoint[0].unlink(missing_ok=True)
         logger.info("build finished, removed checkpoint %s", checkpoint[0])
     report.seconds = time.perf_counter() - started
     return knowledge, report
+
+
+def _can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _kept_regions_while_reading(
+    annotations_json: Path,
+    report: BuildReport,
+    rows: Iterator[BottomUpRow],
+    options: dict[str, Any],
+) -> tuple[dict[int, _ImageRegions], dict[str, str], list[BottomUpRow]]:
+    """Run _kept_regions in a forked process while reading TSV rows ahead here.
+
+    Both steps hold Python's global lock, so only a second process overlaps them. Reading ahead
+    stops when the annotations are ready or READ_AHEAD_BYTES of features are read. Returns the
+    kept regions, the word types and the rows read ahead, and adds the annotation steps to
+    `report`.
+    Raises the child's error as it was raised there.
+    """
+    logger.info("reading %s in a second process, and the TSV ahead here", annotations_json)
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(
+        target=_send_kept_regions, args=(send, annotations_json, report, options), daemon=True
+    )
+    with warnings.catch_warnings():
+        # The child runs only Python and NumPy code, none of the thread pools that make forking
+        # a threaded process unsafe.
+        warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+        child.start()
+    send.close()
+    ahead: list[BottomUpRow] = []
+    ahead_bytes = 0
+    try:
+        while ahead_bytes < READ_AHEAD_BYTES and not receive.poll():
+            row = next(rows, None)
+            if row is None:
+                break
+            ahead.append(row)
+            ahead_bytes += row.features.nbytes
+        try:
+            kind, payload = receive.recv()
+        except EOFError:
+            raise RuntimeError(
+                f"{annotations_json}: the process reading the annotations stopped with exit code "
+                f"{child.exitcode}; run build_from_vg with parallel=False to see the error here"
+            ) from None
+    except BaseException:
+        child.terminate()
+        raise
+    finally:
+        child.join()
+    if kind == "error":
+        raise payload
+    by_image, types, parts = payload
+    report.steps[:0] = parts["steps"]
+    report.cleaning, report.share_kept = parts["cleaning"], parts["share_kept"]
+    report.counters.update(parts["counters"])
+    return by_image, types, ahead
+
+
+def _send_kept_regions(send, annotations_json: Path, report: BuildReport, options) -> None:
+    """Child process of _kept_regions_while_reading: send ("result", ...) or ("error", error)."""
+    try:
+        by_image, types = _kept_regions(annotations_json, report, progress=False, **options)
+        parts = {
+            "steps": report.steps,
+            "cleaning": report.cleaning,
+            "share_kept": report.share_kept,
+            "counters": report.counters,
+        }
+        send.send(("result", (by_image, types, parts)))
+    except Exception as error:
+        try:
+            pickle.dumps(error)
+        except Exception:
+            error = RuntimeError(f"{type(error).__name__}: {error}")
+        send.send(("error", error))
+    finally:
+        send.close()
 
 
 def _start(
@@ -449,8 +558,8 @@ def _start(
     return builder, state
 
 
-def _stream_features(
-    features_tsv: Path,
+def _add_rows(
+    rows: Iterable[BottomUpRow],
     by_image: Mapping[int, _ImageRegions],
     types: Mapping[str, str],
     builder: KnowledgeBuilder | None,
@@ -463,13 +572,9 @@ def _stream_features(
     tolerance: float,
     iou_threshold: float,
     chunk_rows: int,
-    progress: bool,
 ) -> KnowledgeBuilder | None:
-    """Read the TSV from the saved offset and add each image's matched regions to the builder."""
-    dim = builder.dim if builder is not None else None
-    rows = iter_bottomup_tsv(
-        features_tsv, dim, offset=state.offset, line=state.line, progress=progress
-    )
+    """Add each TSV row's matched regions to the builder, checkpointing every chunk_rows rows."""
+    pending = _PendingRegions()
     for row in rows:
         state.counters["tsv_rows"] += 1
         regions = by_image.get(row.image_id)
@@ -491,15 +596,46 @@ def _stream_features(
                     row.features.shape[1], seed=report.seed, provenance=provenance
                 )
             if words:
-                builder.add(words, features, word_types)
+                pending.append(words, features, word_types)
                 state.counters["feature_rows_added"] += len(words)
+                if len(pending) >= ADD_BATCH_ROWS:
+                    pending.flush(builder)
 
         state.rows += 1
         state.offset, state.line = row.next_offset, row.line + 1
         if checkpoint is not None and state.rows % chunk_rows == 0:
+            pending.flush(builder)
             _save_checkpoint(checkpoint[0], checkpoint[1], builder, state)
             report.checkpoints_written += 1
+    pending.flush(builder)
     return builder
+
+
+class _PendingRegions:
+    """Labelled region rows waiting for one KnowledgeBuilder.add call.
+
+    One call per ADD_BATCH_ROWS rows instead of one per image (about 70 rows) spreads the fixed
+    cost of a call. Rows are flushed in TSV order, and before every checkpoint, so a resumed build
+    makes the same calls as an uninterrupted one.
+    """
+
+    def __init__(self) -> None:
+        self.words: list[str] = []
+        self.types: list[str] = []
+        self.features: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def append(self, words: Sequence[str], features: np.ndarray, types: Sequence[str]) -> None:
+        self.words.extend(words)
+        self.types.extend(types)
+        self.features.append(features)
+
+    def flush(self, builder: KnowledgeBuilder | None) -> None:
+        if self.words:
+            builder.add(self.words, np.concatenate(self.features), self.types)
+            self.words, self.types, self.features = [], [], []
 
 
 def _finish(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mack import config
+from mack import config, vgknowledge
 from mack.data import DataFormatError
 from mack.data.bottomup import iter_bottomup_tsv, write_bottomup_tsv
 from mack.data.vg import clean_attribute, clean_object_name
@@ -315,29 +315,39 @@ def test_interrupted_build_resumes_exactly(tmp_path: Path, monkeypatch) -> None:
     path = vg_samples() / "minyus_attributes.json_samples.json"
     write_fake_tsv(tmp_path / "features.tsv", records_of(path), seed=6)
     options = {"region_cap": 8, "seed": 3, "chunk_rows": 7, "progress": False}
+    # Small add batches, so that rows are also added between checkpoints.
+    monkeypatch.setattr(vgknowledge, "ADD_BATCH_ROWS", 10)
     reference, reference_report = build_from_vg(path, tmp_path / "features.tsv", **options)
 
     original_add = KnowledgeBuilder.add
-    calls = {"n": 0}
+    original_save = vgknowledge._save_checkpoint
+    saved = {"n": 0}
+
+    def counting_save(*args, **kwargs):
+        saved["n"] += 1
+        return original_save(*args, **kwargs)
 
     def failing_add(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 40:
+        if saved["n"] == 5:
             raise KeyboardInterrupt("simulated interruption")
         return original_add(self, *args, **kwargs)
 
     checkpoints = tmp_path / "checkpoints"
     monkeypatch.setattr(KnowledgeBuilder, "add", failing_add)
-    with pytest.raises(KeyboardInterrupt):
-        build_from_vg(path, tmp_path / "features.tsv", checkpoint_dir=checkpoints, **options)
+    monkeypatch.setattr(vgknowledge, "_save_checkpoint", counting_save)
+    with pytest.raises(KeyboardInterrupt):  # annotations read in a second process here
+        build_from_vg(
+            path, tmp_path / "features.tsv", checkpoint_dir=checkpoints, parallel=True, **options
+        )
     monkeypatch.setattr(KnowledgeBuilder, "add", original_add)
+    monkeypatch.setattr(vgknowledge, "_save_checkpoint", original_save)
     assert len(list(checkpoints.glob("*.npz"))) == 1
 
     resumed, report = build_from_vg(
         path, tmp_path / "features.tsv", checkpoint_dir=checkpoints, **options
     )
 
-    assert report.resumed_from_row == 35  # 5 chunks of 7 rows finished before the 40th image
+    assert report.resumed_from_row == 35  # 5 chunks of 7 rows were checkpointed
     assert resumed.words == reference.words
     assert resumed.types == reference.types
     assert np.array_equal(resumed.prototypes, reference.prototypes)
@@ -346,6 +356,30 @@ def test_interrupted_build_resumes_exactly(tmp_path: Path, monkeypatch) -> None:
     assert resumed.provenance == reference.provenance
     assert report.counters == reference_report.counters
     assert list(checkpoints.glob("*.npz")) == []
+
+
+@needs_data
+@pytest.mark.parametrize("read_ahead", [10**9, 1])
+def test_parallel_build_equals_sequential(tmp_path: Path, monkeypatch, read_ahead: int) -> None:
+    """Annotations read in a second process, the TSV read ahead all or one row: the same result."""
+    monkeypatch.setattr(vgknowledge, "READ_AHEAD_BYTES", read_ahead)
+    path = vg_samples() / "minyus_attributes.json_samples.json"
+    write_fake_tsv(tmp_path / "features.tsv", records_of(path), seed=6)
+    options = {"region_cap": 8, "seed": 3, "progress": False}
+
+    sequential, sequential_report = build_from_vg(
+        path, tmp_path / "features.tsv", parallel=False, **options
+    )
+    parallel, parallel_report = build_from_vg(
+        path, tmp_path / "features.tsv", parallel=True, **options
+    )
+
+    assert parallel.words == sequential.words
+    assert np.array_equal(parallel.prototypes, sequential.prototypes)
+    assert np.array_equal(parallel.random_regions, sequential.random_regions)
+    assert parallel.provenance == sequential.provenance
+    parallel_report.seconds = sequential_report.seconds
+    assert parallel_report == sequential_report
 
 
 @needs_data
@@ -358,7 +392,7 @@ def test_checkpoint_of_other_settings_not_used(tmp_path: Path, monkeypatch) -> N
 
     def failing_add(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 30:
+        if calls["n"] == 5:  # one add per chunk of 5 rows: 4 checkpoints are written first
             raise RuntimeError("stop")
         return original_add(self, *args, **kwargs)
 
@@ -383,8 +417,6 @@ def test_corrupt_checkpoint_named(tmp_path: Path) -> None:
     write_fake_tsv(tmp_path / "features.tsv", records_of(path), seed=6)
     build_from_vg(path, tmp_path / "features.tsv", checkpoint_dir=tmp_path, progress=False)
     # Find the checkpoint name by writing one, then corrupt it.
-    from mack import vgknowledge
-
     fingerprint = vgknowledge._fingerprint(
         path, tmp_path / "features.tsv",
         {"region_cap": None, "seed": 0, "use_attributes": True, "region_boxes": "annotated",
@@ -408,7 +440,7 @@ def image_regions(boxes, positions, n_objects) -> _ImageRegions:
         object_ids=list(range(len(boxes))),
         boxes=np.array(boxes, dtype=np.float64),
         words=[["w"]] * len(boxes),
-        positions=positions,
+        positions=np.asarray(positions, dtype=np.int64),
         n_objects=n_objects,
     )
 
@@ -455,6 +487,47 @@ def test_match_falls_back_to_order_then_unmatched() -> None:
     assert how["regions_unmatched"] == 2
 
 
+def reference_match(boxes, positions, n_objects, tsv, tolerance) -> list[int]:
+    """The matching rules of the module docstring, as a loop over regions and rows."""
+    rows = []
+    for box, position in zip(boxes, positions, strict=True):
+        distances = [
+            max(abs(float(a) - float(b)) for a, b in zip(box, row, strict=True)) for row in tsv
+        ]
+        within = [d for d in distances if d <= tolerance]
+        if within:
+            tied = [j for j, d in enumerate(distances) if d == min(within)]
+            rows.append(position if position in tied else tied[0])
+        else:
+            rows.append(position if len(tsv) == n_objects else -1)
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_match_equals_rule_loop(seed: int) -> None:
+    """Exact own boxes (the fast path), duplicates, shifted boxes and short rows, against a loop."""
+    rng = np.random.default_rng(seed)
+    n_objects = int(rng.integers(1, 7))
+    tsv = rng.integers(0, 20, size=(n_objects, 4)).astype(np.float32)
+    if n_objects > 1 and rng.random() < 0.3:
+        tsv[-1] = tsv[0]  # a duplicate box
+    positions = np.flatnonzero(rng.random(n_objects) < 0.7)
+    if positions.size == 0:
+        positions = np.array([0])
+    boxes = tsv[positions].astype(np.float64)
+    if rng.random() < 0.5:  # shift some boxes, so the fast path does not apply
+        boxes += rng.integers(-2, 3, size=boxes.shape) * (rng.random((len(boxes), 1)) < 0.5)
+    if rng.random() < 0.2:
+        tsv = tsv[: max(1, n_objects - 1)]  # a row with fewer boxes than objects
+    regions = image_regions(boxes.tolist(), positions.tolist(), n_objects)
+
+    rows, match_counts = match_annotated_boxes(regions, tsv, box_tolerance=1.0)
+
+    expected = reference_match(boxes, positions.tolist(), n_objects, tsv, 1.0)
+    assert rows.tolist() == expected
+    assert sum(match_counts.values()) == len(positions)
+
+
 # ----------------------------------------------------------------------------- malformed inputs
 
 
@@ -467,13 +540,14 @@ def test_truncated_annotations_named(tmp_path: Path) -> None:
         tmp_path / "features.tsv", records_of(vg_samples() / "vadbeg_attributes.json"), 1
     )
 
-    with pytest.raises(DataFormatError) as caught:
-        build_from_vg(path, tmp_path / "features.tsv", progress=False)
+    for parallel in (False, True):  # the same error when a second process reads the file
+        with pytest.raises(DataFormatError) as caught:
+            build_from_vg(path, tmp_path / "features.tsv", parallel=parallel, progress=False)
 
-    message = str(caught.value)
-    assert str(path) in message
-    assert f"byte offset {len(data) // 3}" in message
-    assert "ends in the middle of a value" in message
+        message = str(caught.value)
+        assert str(path) in message
+        assert f"byte offset {len(data) // 3}" in message
+        assert "ends in the middle of a value" in message
 
 
 @needs_data

@@ -151,38 +151,62 @@ def iter_vg_objects(
             problem = f'"objects" (or "attributes") is {type(objects).__name__}, expected a list'
             raise _error(path, where, problem)
         for position, obj in enumerate(objects):
-            yield _parse_object(obj, image_id, path, f"{where}, object {position}")
+            parsed = _parse_object(obj, image_id)
+            if type(parsed) is str:  # the problem, named with its place only now
+                raise _error(path, f"{where}, object {position}{_object_id_note(obj)}", parsed)
+            yield parsed
 
 
-def _parse_object(obj: Any, image_id: int, path: Path, where: str) -> VGObject:
-    if not isinstance(obj, dict):
-        raise _error(path, where, f"the object is a JSON {type(obj).__name__}, expected an object")
+def _parse_object(obj: Any, image_id: int) -> VGObject | str:
+    """Return the VGObject of one JSON object, or the problem that makes it invalid.
+
+    Returning the problem lets the caller format the message, with the object's place, only on
+    failure, so the millions of valid objects of a VG file cost no formatting.
+    """
+    if type(obj) is not dict:
+        return f"the object is a JSON {type(obj).__name__}, expected an object"
     object_id = obj.get("object_id", obj.get("id"))
     if not _is_int(object_id):
-        raise _error(path, where, f"missing or non-integer object_id (found {object_id!r})")
-    where = f"{where} (object_id {object_id})"
+        return f"missing or non-integer object_id (found {object_id!r})"
 
     box = (obj.get("x"), obj.get("y"), obj.get("w"), obj.get("h"))
     if not (
         _is_number(box[0]) and _is_number(box[1]) and _is_number(box[2]) and _is_number(box[3])
     ):
-        raise _error(path, where, f"x, y, w, h are {box!r}, expected four finite numbers")
+        return f"x, y, w, h are {box!r}, expected four finite numbers"
     if box[2] < 0 or box[3] < 0:
-        raise _error(path, where, f"negative box size w={box[2]}, h={box[3]}")
+        return f"negative box size w={box[2]}, h={box[3]}"
 
     # VG 1.0 stores one "name", and later releases store a list of "names".
-    names = obj["names"] if "names" in obj else [obj.get("name")]
-    names = _strings(names, "names", path, where, required=True)
-    attributes = _strings(obj.get("attributes"), "attributes", path, where, required=False)
-    synsets = _strings(obj.get("synsets"), "synsets", path, where, required=False)
+    names = _strings(obj["names"] if "names" in obj else [obj.get("name")], required=True)
+    attributes = _strings(obj.get("attributes"), required=False)
+    synsets = _strings(obj.get("synsets"), required=False)
+    if names is None or attributes is None or synsets is None:
+        name = "synsets"
+        if names is None:
+            name = "names"
+        elif attributes is None:
+            name = "attributes"
+        found = obj.get(name, obj.get("name")) if name == "names" else obj.get(name)
+        return f'"{name}" is {found!r}, expected a list of strings'
     return VGObject(image_id, object_id, box, names, attributes, synsets)
 
 
-def _strings(value: Any, name: str, path: Path, where: str, *, required: bool) -> tuple[str, ...]:
+def _object_id_note(obj: Any) -> str:
+    """Return " (object_id N)" for an object with an integer id, else ""."""
+    object_id = obj.get("object_id", obj.get("id")) if type(obj) is dict else None
+    return f" (object_id {object_id})" if _is_int(object_id) else ""
+
+
+def _strings(value: Any, *, required: bool) -> tuple[str, ...] | None:
+    """Return `value` as a tuple if it is a list of strings, () if it is an allowed None, else None."""
     if value is None and not required:
         return ()
-    if type(value) is not list or not all(type(entry) is str for entry in value):
-        raise _error(path, where, f'"{name}" is {value!r}, expected a list of strings')
+    if type(value) is not list:
+        return None
+    for entry in value:
+        if type(entry) is not str:
+            return None
     return tuple(value)
 
 
