@@ -184,3 +184,27 @@ def test_bad_scorer_output_raises():
         rerank(base, nan_scorer, k=2)
     with pytest.raises(ValueError, match="returned shape"):
         rerank(base, lambda i, t: np.zeros(3), k=2)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+def test_infinite_base_raises(bad: float):
+    base = np.random.default_rng(7).normal(size=(4, 20)).astype(np.float32)
+    base[3, 5] = bad
+
+    with pytest.raises(ValueError, match="image 3, text 5"):
+        rerank(base, wave_scorer, k=2)
+
+
+def test_result_builds_matrices_on_first_use():
+    base = np.random.default_rng(8).normal(size=(5, 30)).astype(np.float32)
+
+    result = rerank(base, wave_scorer, k=3, lam=0.5)
+
+    assert result.base is base  # not copied
+    assert "image_to_text" not in vars(result)
+    assert "text_to_image" not in vars(result)
+    image_to_text = result.image_to_text
+    assert image_to_text.dtype == np.float64
+    assert result.image_to_text is image_to_text  # built once
+    assert result.top_texts.shape == (5, 3)
+    assert result.top_images.shape == (30, 3)
