@@ -23,6 +23,7 @@ from mack.report import TIERS, check_tier, write_summary
 logger = logging.getLogger(__name__)
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+PACKAGE_DIR = Path(__file__).resolve().parent
 BUILD_DIR = PROJECT_ROOT / "build" / "notebooks"
 CELL_TIMEOUT_SECONDS = 1800
 
@@ -39,10 +40,19 @@ def notebook_paths(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
     return paths
 
 
-def run_fingerprint(notebook: Path, parameters: dict[str, Any]) -> str:
-    """Return a sha256 of the notebook's source and the parameters it runs with."""
+def run_fingerprint(
+    notebook: Path, parameters: dict[str, Any], package_dir: Path = PACKAGE_DIR
+) -> str:
+    """Return a sha256 of the notebook, the parameters it runs with and the mack package source.
+
+    A change to any .py file of the package runs every notebook again, because the notebooks
+    only call and show what the package computes.
+    """
     digest = hashlib.sha256(notebook.read_bytes())
     digest.update(json.dumps(parameters, sort_keys=True).encode())
+    for path in sorted(package_dir.rglob("*.py")):
+        digest.update(path.relative_to(package_dir).as_posix().encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 
 
