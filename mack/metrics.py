@@ -100,6 +100,8 @@ def evaluate(
 
     sims_i2t: (n_images, n_texts) scores ranked per row, for image_to_text.
     sims_t2i: (n_images, n_texts) scores ranked per column, for text_to_image; None reuses sims_i2t.
+    Ground truth: texts c * i to c * i + c - 1 (c = captions_per_image) are the captions of image
+    i, the order of the Flickr30k and COCO test files.
     folds: None for one evaluation over all images, or F >= 1 for the mean of each metric over F
     consecutive folds of n_images / F images and their captions (COCO 1K protocol: F = 5 on 5K).
     Returns {"image_to_text": {...}, "text_to_image": {...}, "rsum": float}.

@@ -96,7 +96,11 @@ def save_figure(figure, tier: str, name: str) -> list[Path]:
     """Save a matplotlib figure as figures/<tier>/<name>.png (150 dpi) and .pdf, atomically."""
     check_tier(tier)
     paths = []
-    for extension, options in (("png", {"dpi": 150}), ("pdf", {})):
+    # No creation date in the PDF, so that a rerun with the same results writes the same bytes.
+    for extension, options in (
+        ("png", {"dpi": 150}),
+        ("pdf", {"metadata": {"CreationDate": None}}),
+    ):
         path = figures_root(tier) / f"{name}.{extension}"
         with atomic_write(path, "wb") as handle:
             figure.savefig(handle, format=extension, bbox_inches="tight", **options)

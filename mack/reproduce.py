@@ -107,6 +107,8 @@ def reproduce(
                 continue
 
         logger.info("%s: running on tier %s", notebook.name, tier)
+        # The output is about to be replaced, so an older success must not outlive a failure.
+        stamp.unlink(missing_ok=True)
         start = time.perf_counter()
         run_notebook(notebook, output, parameters, timeout)
         seconds = time.perf_counter() - start

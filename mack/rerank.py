@@ -78,7 +78,10 @@ def rerank(
 
     base: (n_images, n_texts) base-model similarities, finite.
     pair_scorer: called once as pair_scorer(image_idx (P,), text_idx (P,)) -> (P,) MACK scores, with
-    the deduplicated union of the top-k pairs of both directions.
+    the deduplicated union of the top-k pairs of both directions. For MACK's eq. 4, wrap
+    mack.matching.score_pairs, for example
+    `lambda i, t: score_pairs(knowledge, texts, images, i, t)`, or use
+    mack.experiments.mack_pair_scorer, which also caches the scores.
     k: candidates re-ranked per query, at most min(n_images, n_texts). The top-k are the k highest
     base scores, ties at the k-th place going to the lower index.
     lam: weight of the MACK score. With k = 0 or lam = 0 the result's matrices equal base, and the

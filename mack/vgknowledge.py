@@ -6,8 +6,13 @@
 2. region cap f: keep a seeded sample of at most f regions per word (mack.knowledge.cap_annotations)
    before any feature is read;
 3. features: read the bottom-up TSV one image row at a time, find the feature row of each kept
-   region and add it to mack.knowledge.KnowledgeBuilder. Memory for features is the builder's
-   K x F sums plus one TSV row. The word index of step 1 is separate and grows with the regions.
+   region and add it to mack.knowledge.KnowledgeBuilder, ADD_BATCH_ROWS rows per call. Memory
+   for features is the builder's K x F sums plus one batch of rows. The word index of step 1 is
+   separate and grows with the regions.
+
+For a TSV of PARALLEL_MIN_BYTES (64 MiB) or more, steps 1 and 2 run in a forked process while
+this one reads up to READ_AHEAD_BYTES (512 MiB) of TSV rows ahead, which adds that much to the
+memory peak. The knowledge, the report and the checkpoints are the same as without it.
 
 Two kinds of region features fit (`region_boxes`):
 - "annotated" (route a): the TSV contains one feature per annotated VG box, extracted by the user
@@ -408,8 +413,10 @@ def build_from_vg(
     module docstring. encoder: a name stored in the provenance (e.g. "bottom-up ResNet-101").
     checkpoint_dir / chunk_rows: save progress every chunk_rows TSV rows and resume from it.
     parallel: read the annotations in a second (forked) process while this one reads up to
-    READ_AHEAD_BYTES of TSV features ahead. The result is the same. None does so where fork is
-    available and the TSV has PARALLEL_MIN_BYTES or more.
+    READ_AHEAD_BYTES (512 MiB) of TSV features ahead, which raises the memory peak by as much.
+    The result is the same, with or without checkpoints. None does so where fork is available
+    and the TSV has PARALLEL_MIN_BYTES (64 MiB) or more. True without fork (not on Linux or macOS)
+    logs a warning and reads the annotations first.
     Returns the knowledge and a BuildReport. Raises ValueError when no region gets a feature.
     """
     started = time.perf_counter()
@@ -438,6 +445,9 @@ def build_from_vg(
         options = {"region_cap": region_cap, "seed": seed, "use_attributes": use_attributes}
         if parallel is None:
             parallel = _can_fork() and features_tsv.stat().st_size >= PARALLEL_MIN_BYTES
+        elif parallel and not _can_fork():
+            logger.warning("parallel=True needs the fork start method; reading annotations first")
+            parallel = False
         if parallel:
             by_image, types, ahead = _kept_regions_while_reading(
                 annotations_json, report, rows, options

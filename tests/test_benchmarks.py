@@ -242,4 +242,10 @@ def test_run_all_markdown_lists_targets_and_status():
         "(s) | 6.5 | <= 5 | **no** |" in text
     )
     assert "| vg_rehearsal | not present |  |" in text
-    assert "| finetune_epoch: epoch.seconds_target | 236 | <= 180 | **no** |" in text
+    assert "| Fine-tuning: one epoch at Flickr30k size (s) | 236 | <= 180 | **no** |" in text
+
+    run["quick"] = True
+    quick_text = run_all.markdown(run)
+    assert "Smoke run at tiny sizes" in quick_text
+    assert "**no**" not in quick_text
+    assert "| Fine-tuning: one epoch at Flickr30k size (s) | 236 | <= 180 |  |" in quick_text

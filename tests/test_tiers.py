@@ -128,6 +128,12 @@ def test_unknown_dataset_is_rejected(tier: SyntheticTier) -> None:
 
 
 def test_synthetic_parser_finds_units(tier: SyntheticTier) -> None:
+    from mack.text import NLTKDataMissingError, load_tagger
+
+    try:
+        load_tagger()
+    except NLTKDataMissingError:
+        pytest.skip("NLTK tagger data missing; set NLTK_DATA to the folder that holds it")
     knowledge = tier.knowledge()
     parsed = tier.test().parse(tier.parser(knowledge), progress=False)
 
