@@ -312,7 +312,7 @@ def markdown(run: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# Labels of the other scripts' targets; a target without one is shown as "<script>: <key>".
+# Labels of the other scripts' targets. A target without one is shown as "<script>: <key>".
 EXTERNAL_LABELS = {
     ("finetune_epoch", "epoch.seconds_target"): "Fine-tuning: one epoch at Flickr30k size (s)",
     ("caption_coverage", "total_parse_seconds"): "Parsing the Flickr30k and COCO test captions (s)",

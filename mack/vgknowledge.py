@@ -211,7 +211,7 @@ def match_annotated_boxes(
     n_regions, n_rows = len(regions.object_ids), len(tsv_boxes)
     positions = regions.positions
     # Fast path, the usual case of features extracted at the annotated boxes: each region's own
-    # row holds its exact box. Distance 0 is the closest, and rule 1 then picks the own position.
+    # row contains its exact box. Distance 0 is the closest, and rule 1 then picks the own position.
     if n_regions and positions.max() < n_rows:
         if np.array_equal(regions.boxes, tsv_boxes[positions]):
             return positions.copy(), Counter(regions_matched_by_box=n_regions)
@@ -446,7 +446,9 @@ def build_from_vg(
         if parallel is None:
             parallel = _can_fork() and features_tsv.stat().st_size >= PARALLEL_MIN_BYTES
         elif parallel and not _can_fork():
-            logger.warning("parallel=True needs the fork start method; reading annotations first")
+            logger.warning(
+                "parallel=True needs the fork start method, so annotations are read first"
+            )
             parallel = False
         if parallel:
             by_image, types, ahead = _kept_regions_while_reading(

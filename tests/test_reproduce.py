@@ -92,4 +92,4 @@ def test_saved_figure_bytes_repeat(tmp_path: Path, monkeypatch) -> None:
     plt.close(figure)
 
     assert first == second
-    assert b"CreationDate" not in first[1]  # the PDF; a date would change with every run
+    assert b"CreationDate" not in first[1]  # the PDF, where a date would change every run
