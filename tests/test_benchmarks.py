@@ -12,11 +12,8 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from benchmarks import common, run_all
-from mack import config
 
-needs_real_data = pytest.mark.skipif(
-    not config.has_real_data(), reason="real sample data folder not found"
-)
+from helpers import needs_real_data
 
 
 @pytest.fixture(autouse=True)

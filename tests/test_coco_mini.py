@@ -33,6 +33,8 @@ from mack.coco_mini import (
 from mack.data.coco import CocoBox, CocoImage, CocoSet
 from mack.encoders import FeatureCache, RegionEncoder
 
+from helpers import needs_real_data
+
 
 class BoxEncoder(RegionEncoder):
     """Stand-in encoder whose feature of a box is the box itself (x1, y1, x2, y2)."""
@@ -228,7 +230,7 @@ def test_load_synonyms_missing_file(tmp_path):
         load_synonyms(tmp_path / "absent.json")
 
 
-@pytest.mark.skipif(not config.has_real_data(), reason="needs the real sample data")
+@needs_real_data
 def test_shipped_synonyms_target_coco_categories():
     path = config.data_root() / "coco-mini" / "annotations" / "instances_val2017.json"
     names = {category["name"] for category in json.loads(path.read_text())["categories"]}
@@ -287,7 +289,7 @@ def test_results_markdown_lists_rows_and_chance():
 
 @pytest.mark.slow
 @pytest.mark.real_data
-@pytest.mark.skipif(not config.has_real_data(), reason="needs the real sample data")
+@needs_real_data
 def test_coco_mini_pipeline_cold(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

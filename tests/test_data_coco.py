@@ -11,9 +11,7 @@ from mack import config
 from mack.data import DataFormatError
 from mack.data.coco import coco_mini_paths, load_coco
 
-needs_data = pytest.mark.skipif(
-    not config.has_real_data(), reason="real sample data folder missing"
-)
+from helpers import needs_real_data
 
 
 def mini_file(name: str) -> Path:
@@ -125,7 +123,7 @@ def test_invalid_supercategory(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- real samples
 
 
-@needs_data
+@needs_real_data
 @pytest.mark.parametrize(
     ("split", "images", "boxes", "crowd", "categories_used"),
     [("train", 80, 739, 8, 80), ("val", 79, 624, 5, 78)],
@@ -145,7 +143,7 @@ def test_coco_mini_counts(
     assert all(image.path.is_file() for image in coco.images.values())
 
 
-@needs_data
+@needs_real_data
 def test_coco_mini_hand_checked_entries() -> None:
     """Values read by eye from the first entries of the train2017 JSON files."""
     coco = coco_mini_paths()["train"].load()
@@ -166,7 +164,7 @@ def test_coco_mini_hand_checked_entries() -> None:
     ]
 
 
-@needs_data
+@needs_real_data
 def test_coco_extra_counts() -> None:
     paths = coco_mini_paths()
     assert "extra" in paths
@@ -181,7 +179,7 @@ def test_coco_extra_counts() -> None:
     assert not set(coco.images) & set(paths["train"].load(check_files=False).images)
 
 
-@needs_data
+@needs_real_data
 def test_coco_extra_captions_must_cover_all_by_default() -> None:
     extra = coco_mini_paths()["extra"]
 
@@ -202,7 +200,7 @@ def test_coco_mini_paths_missing(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- broken copies
 
 
-@needs_data
+@needs_real_data
 def test_truncated_instances_json(tmp_path: Path) -> None:
     data = mini_file("instances_val2017.json").read_bytes()
     path = tmp_path / "instances_val2017.json"
@@ -217,7 +215,7 @@ def test_truncated_instances_json(tmp_path: Path) -> None:
     assert "ends in the middle of a value" in message
 
 
-@needs_data
+@needs_real_data
 def test_broken_json_line_and_column(tmp_path: Path) -> None:
     """A pretty-printed copy with one ':' removed: the error gives where the parser stopped.
 
@@ -242,7 +240,7 @@ def test_broken_json_line_and_column(tmp_path: Path) -> None:
     assert '"annotations"[0]' in str(caught.value)
 
 
-@needs_data
+@needs_real_data
 def test_missing_image_file(tmp_path: Path) -> None:
     data = json.loads(mini_file("instances_val2017.json").read_text())
     image = data["images"][3]
@@ -259,7 +257,7 @@ def test_missing_image_file(tmp_path: Path) -> None:
     assert len(load_coco(val_images_dir(), path, check_files=False)) == 79
 
 
-@needs_data
+@needs_real_data
 def test_unknown_image_id(tmp_path: Path) -> None:
     data = json.loads(mini_file("instances_val2017.json").read_text())
     annotation = data["annotations"][10]
@@ -277,7 +275,7 @@ def test_unknown_image_id(tmp_path: Path) -> None:
     assert '"annotations"[10]' in message
 
 
-@needs_data
+@needs_real_data
 def test_unknown_category_id(tmp_path: Path) -> None:
     data = json.loads(mini_file("instances_val2017.json").read_text())
     data["annotations"][0]["category_id"] = 1000
@@ -288,7 +286,7 @@ def test_unknown_category_id(tmp_path: Path) -> None:
         load_coco(val_images_dir(), path)
 
 
-@needs_data
+@needs_real_data
 def test_captions_image_set_differs(tmp_path: Path) -> None:
     data = json.loads(mini_file("captions_val2017.json").read_text())
     dropped = data["images"].pop(0)["id"]
@@ -306,7 +304,7 @@ def test_captions_image_set_differs(tmp_path: Path) -> None:
     assert coco.captions[dropped] == []
 
 
-@needs_data
+@needs_real_data
 def test_caption_for_unlisted_image(tmp_path: Path) -> None:
     data = json.loads(mini_file("captions_val2017.json").read_text())
     data["annotations"][7]["image_id"] = 123

@@ -16,9 +16,7 @@ from mack.data.bottomup import BottomUpRow, iter_bottomup_tsv, write_bottomup_ts
 from mack.data.precomp import load_precomp, read_captions, write_precomp
 from mack.data.similarity import load_similarity, save_similarity
 
-needs_data = pytest.mark.skipif(
-    not config.has_real_data(), reason="real sample data folder missing"
-)
+from helpers import needs_real_data
 
 
 def make_rows(dim: int = 6, seed: int = 0) -> list[BottomUpRow]:
@@ -217,7 +215,7 @@ def test_bottomup_writer_rejects_nan(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- precomp
 
 
-@needs_data
+@needs_real_data
 def test_precomp_with_real_captions(tmp_path: Path) -> None:
     """f30k_test_caps.txt has 5000 captions and no newline after the last one."""
     captions_file = config.data_root() / "captions" / "f30k_test_caps.txt"
@@ -236,7 +234,7 @@ def test_precomp_with_real_captions(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded, features)
 
 
-@needs_data
+@needs_real_data
 def test_precomp_caption_count_mismatch(tmp_path: Path) -> None:
     (tmp_path / "test_caps.txt").symlink_to(config.data_root() / "captions" / "f30k_test_caps.txt")
     np.save(tmp_path / "test_ims.npy", np.zeros((999, 2, 4), dtype=np.float32))

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mack import config
 from mack.data import DataFormatError
 from mack.data.jsonstream import iter_json_members, iter_json_records
 from mack.data.vg import (
@@ -24,17 +23,11 @@ from mack.data.vg import (
     word_regions,
 )
 
-needs_data = pytest.mark.skipif(
-    not config.has_real_data(), reason="real sample data folder missing"
-)
-
-
-def samples() -> Path:
-    return config.data_root() / "vg" / "samples"
+from helpers import needs_real_data, vg_samples
 
 
 def objects_of(name: str) -> list:
-    return list(iter_vg_objects(samples() / name, progress=False))
+    return list(iter_vg_objects(vg_samples() / name, progress=False))
 
 
 # ----------------------------------------------------------------------------- word cleaning
@@ -91,12 +84,14 @@ def test_clean_object_name_without_singularising() -> None:
 # ----------------------------------------------------------------------------- real samples
 
 
-@needs_data
+@needs_real_data
 def test_sample_counts_match_readme() -> None:
     objects = objects_of("minyus_objects.json_samples.json")
     attributes = objects_of("minyus_attributes.json_samples.json")
 
-    assert sum(1 for _ in iter_json_records(samples() / "minyus_objects.json_samples.json")) == 100
+    assert (
+        sum(1 for _ in iter_json_records(vg_samples() / "minyus_objects.json_samples.json")) == 100
+    )
     assert len(objects) == 2484
     assert len({name for obj in objects for name in obj.names}) == 809
     assert len(attributes) == 3671
@@ -104,16 +99,16 @@ def test_sample_counts_match_readme() -> None:
     assert sum(len(obj.attributes) for obj in attributes) == 2931
 
 
-@needs_data
+@needs_real_data
 def test_image_data_sample() -> None:
-    images = load_image_data(samples() / "minyus_image_data.json_samples.json")
+    images = load_image_data(vg_samples() / "minyus_image_data.json_samples.json")
 
     assert len(images) == 100
     assert (images[1].width, images[1].height) == (800, 600)
     assert sorted(images) == list(range(1, 101))
 
 
-@needs_data
+@needs_real_data
 def test_single_image_record_matches_minyus() -> None:
     single = objects_of("vadbeg_attributes.json")
     minyus = [obj for obj in objects_of("minyus_attributes.json_samples.json") if obj.image_id == 1]
@@ -122,7 +117,7 @@ def test_single_image_record_matches_minyus() -> None:
     assert single == minyus
 
 
-@needs_data
+@needs_real_data
 def test_word_regions_hand_checked_objects() -> None:
     """Expectations written by hand from vadbeg_attributes{,2,3}.json (VG images 1, 2, 3)."""
     objects = [
@@ -155,7 +150,7 @@ def test_word_regions_hand_checked_objects() -> None:
         assert (3, 1060261) in regions.annotations[word]
 
 
-@needs_data
+@needs_real_data
 def test_word_regions_messy_attributes() -> None:
     """Hand-checked objects of minyus_attributes.json_samples.json with messy strings."""
     regions = word_regions(objects_of("minyus_attributes.json_samples.json"))
@@ -174,7 +169,7 @@ def test_word_regions_messy_attributes() -> None:
     assert (15, 5348) in regions.annotations["monitor is off"]
 
 
-@needs_data
+@needs_real_data
 def test_word_regions_types_and_counts() -> None:
     regions = word_regions(objects_of("minyus_attributes.json_samples.json"))
 
@@ -190,7 +185,7 @@ def test_word_regions_types_and_counts() -> None:
     assert regions.types["white"] == ATTRIBUTE
 
 
-@needs_data
+@needs_real_data
 def test_word_regions_logs_each_step(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="mack.data.vg"):
         word_regions(objects_of("minyus_objects.json_samples.json"), use_attributes=False)
@@ -200,10 +195,10 @@ def test_word_regions_logs_each_step(caplog: pytest.LogCaptureFixture) -> None:
     assert "2484 objects read" in text
 
 
-@needs_data
+@needs_real_data
 def test_word_regions_names_only_brute_force() -> None:
     """Recount names from the raw JSON with plain loops and compare."""
-    path = samples() / "minyus_objects.json_samples.json"
+    path = vg_samples() / "minyus_objects.json_samples.json"
     expected: dict[str, set] = {}
     for record in json.loads(path.read_text()):
         for obj in record["objects"]:
@@ -243,9 +238,9 @@ def test_word_regions_skips_small_and_repeated_boxes(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- malformed files
 
 
-@needs_data
+@needs_real_data
 def test_truncated_objects_file(tmp_path: Path) -> None:
-    data = (samples() / "minyus_objects.json_samples.json").read_bytes()
+    data = (vg_samples() / "minyus_objects.json_samples.json").read_bytes()
     path = tmp_path / "objects.json"
     path.write_bytes(data[: len(data) // 2])
 
@@ -258,10 +253,10 @@ def test_truncated_objects_file(tmp_path: Path) -> None:
     assert "ends in the middle" in message
 
 
-@needs_data
+@needs_real_data
 def test_malformed_record_position(tmp_path: Path) -> None:
     """Drop one comma from a pretty-printed copy; the error gives that line and column."""
-    text = (samples() / "vadbeg_attributes2.json").read_text()
+    text = (vg_samples() / "vadbeg_attributes2.json").read_text()
     broken_at = text.index('"object_id": 5090') - 2  # the ", " before "object_id"
     assert text[broken_at] == ","
     path = tmp_path / "attributes2.json"
@@ -334,10 +329,10 @@ def test_image_data_rejects_bad_width(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- streaming JSON
 
 
-@needs_data
+@needs_real_data
 @pytest.mark.parametrize("buf_size", [7, 100, 4096])
 def test_stream_equals_json_load(buf_size: int) -> None:
-    path = samples() / "minyus_attributes.json_samples.json"
+    path = vg_samples() / "minyus_attributes.json_samples.json"
 
     streamed = [item.value for item in iter_json_records(path, buf_size=buf_size)]
 

@@ -23,6 +23,8 @@ from mack.matching import (
 )
 from mack.text import ParsedText, Unit
 
+from helpers import needs_real_data
+
 OBJECTS = [f"object{i}" for i in range(8)] + ["tennis racket"]
 ATTRIBUTES = [f"attribute{i}" for i in range(4)]
 DIM = 16
@@ -415,7 +417,7 @@ def read_vocab(path) -> list[str]:
 
 
 @pytest.mark.real_data
-@pytest.mark.skipif(not config.has_real_data(), reason="real sample data folder not found")
+@needs_real_data
 def test_real_captions_fast_matches_reference():
     from mack.text import TextParser
 

@@ -24,6 +24,8 @@ from mack.synthetic.images import (
 )
 from mack.synthetic.world import ConceptSpace, Distortion, FeatureMap, stream
 
+from helpers import require_tagger
+
 TINY_DIM = 48
 
 
@@ -58,16 +60,6 @@ def sha256(path: Path) -> str:
 
 def world_files(root: Path) -> list[Path]:
     return sorted(path for path in root.rglob("*") if path.is_file())
-
-
-def nltk_tagger():
-    """Return the project's cached POS tagger (tokens -> tags), or skip without NLTK data."""
-    from mack.text import NLTKDataMissingError, load_tagger
-
-    try:
-        return load_tagger().tag
-    except NLTKDataMissingError:
-        pytest.skip("NLTK tagger data missing; set NLTK_DATA to the folder that holds it")
 
 
 # ------------------------------------------------------------------------------ vocabulary
@@ -109,7 +101,7 @@ def test_article_and_plural_helpers():
 
 
 def test_caption_words_tagged_as_nouns_and_adjectives(space):
-    pos_tag = nltk_tagger()
+    pos_tag = require_tagger()
     sampler = target_sampler(space)
     writer = CaptionWriter(space)
     rng = stream(0, 3)
@@ -446,7 +438,7 @@ def score_world(root: Path, dataset: str = "f30k_like", **options) -> dict:
     from mack.metrics import evaluate
     from mack.text import TextParser
 
-    nltk_tagger()
+    require_tagger()
     knowledge = build_world_knowledge(root)
     features, captions = load_precomp(root / dataset, "test")
     texts = TextParser.from_knowledge(knowledge).parse_many(captions, progress=False)

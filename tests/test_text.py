@@ -21,9 +21,7 @@ from mack.text import (
     tokenize,
 )
 
-needs_real_data = pytest.mark.skipif(
-    not mack.config.has_real_data(), reason="real sample data folder not found"
-)
+from helpers import needs_real_data
 
 
 def units(parsed: ParsedText) -> list[tuple[str, ...]]:

@@ -24,6 +24,8 @@ from mack.tiers import (
     load_tier,
 )
 
+from helpers import needs_real_data, require_tagger
+
 DIM = 32
 TINY = SIZES["tiny"].images  # dataset -> split -> number of images
 
@@ -128,12 +130,7 @@ def test_unknown_dataset_is_rejected(tier: SyntheticTier) -> None:
 
 
 def test_synthetic_parser_finds_units(tier: SyntheticTier) -> None:
-    from mack.text import NLTKDataMissingError, load_tagger
-
-    try:
-        load_tagger()
-    except NLTKDataMissingError:
-        pytest.skip("NLTK tagger data missing; set NLTK_DATA to the folder that holds it")
+    require_tagger()
     knowledge = tier.knowledge()
     parsed = tier.test().parse(tier.parser(knowledge), progress=False)
 
@@ -219,7 +216,7 @@ def test_unknown_tier_is_rejected() -> None:
 
 @pytest.mark.slow
 @pytest.mark.real_data
-@pytest.mark.skipif(not config.has_real_data(), reason="real sample data folder missing")
+@needs_real_data
 def test_coco_mini_tier() -> None:
     tier = CocoMiniTier(progress=False)
     knowledge = tier.knowledge()

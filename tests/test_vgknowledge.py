@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mack import config, vgknowledge
+from mack import vgknowledge
 from mack.data import DataFormatError
 from mack.data.bottomup import iter_bottomup_tsv, write_bottomup_tsv
 from mack.data.vg import clean_attribute, clean_object_name
@@ -25,14 +25,9 @@ from mack.vgknowledge import (
     match_annotated_boxes,
 )
 
-needs_data = pytest.mark.skipif(
-    not config.has_real_data(), reason="real sample data folder missing"
-)
+from helpers import needs_real_data, vg_samples
+
 DIM = 6
-
-
-def vg_samples() -> Path:
-    return config.data_root() / "vg" / "samples"
 
 
 # ----------------------------------------------------------------------------- brute force
@@ -132,7 +127,7 @@ def assert_matches_brute_force(knowledge, means, counts, types) -> None:
 # ----------------------------------------------------------------------------- real VG samples
 
 
-@needs_data
+@needs_real_data
 def test_real_samples_equal_brute_force(tmp_path: Path) -> None:
     path = vg_samples() / "minyus_attributes.json_samples.json"
     feature_of = write_fake_tsv(tmp_path / "features.tsv", records_of(path), seed=1)
@@ -154,7 +149,7 @@ def test_real_samples_equal_brute_force(tmp_path: Path) -> None:
     assert knowledge.random_regions is not None
 
 
-@needs_data
+@needs_real_data
 def test_real_samples_shuffled_rows_match_by_box(tmp_path: Path) -> None:
     """Rows in another order than the objects still find their box (rule 1)."""
     path = vg_samples() / "minyus_objects.json_samples.json"
@@ -172,7 +167,7 @@ def test_real_samples_shuffled_rows_match_by_box(tmp_path: Path) -> None:
     assert report.counters.get("regions_matched_by_order", 0) == 0
 
 
-@needs_data
+@needs_real_data
 def test_real_samples_region_cap(tmp_path: Path) -> None:
     path = vg_samples() / "minyus_attributes.json_samples.json"
     feature_of = write_fake_tsv(tmp_path / "features.tsv", records_of(path), seed=3)
@@ -193,7 +188,7 @@ def test_real_samples_region_cap(tmp_path: Path) -> None:
     assert knowledge.provenance["share_kept"] == share
 
 
-@needs_data
+@needs_real_data
 def test_real_samples_without_attributes(tmp_path: Path) -> None:
     path = vg_samples() / "minyus_attributes.json_samples.json"
     write_fake_tsv(tmp_path / "features.tsv", records_of(path), seed=4)
@@ -310,7 +305,7 @@ def test_synthetic_detections_route_b(world: Path, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-@needs_data
+@needs_real_data
 def test_interrupted_build_resumes_exactly(tmp_path: Path, monkeypatch) -> None:
     path = vg_samples() / "minyus_attributes.json_samples.json"
     write_fake_tsv(tmp_path / "features.tsv", records_of(path), seed=6)
@@ -358,7 +353,7 @@ def test_interrupted_build_resumes_exactly(tmp_path: Path, monkeypatch) -> None:
     assert list(checkpoints.glob("*.npz")) == []
 
 
-@needs_data
+@needs_real_data
 @pytest.mark.parametrize("read_ahead", [10**9, 1])
 def test_parallel_build_equals_sequential(tmp_path: Path, monkeypatch, read_ahead: int) -> None:
     """Annotations read in a second process, the TSV read ahead all or one row: the same result."""
@@ -382,7 +377,7 @@ def test_parallel_build_equals_sequential(tmp_path: Path, monkeypatch, read_ahea
     assert parallel_report == sequential_report
 
 
-@needs_data
+@needs_real_data
 def test_checkpoint_of_other_settings_not_used(tmp_path: Path, monkeypatch) -> None:
     path = vg_samples() / "minyus_attributes.json_samples.json"
     write_fake_tsv(tmp_path / "features.tsv", records_of(path), seed=6)
@@ -411,7 +406,7 @@ def test_checkpoint_of_other_settings_not_used(tmp_path: Path, monkeypatch) -> N
     assert len(list(tmp_path.glob("vg-knowledge-*.npz"))) == 1  # the seed-0 one is kept
 
 
-@needs_data
+@needs_real_data
 def test_corrupt_checkpoint_named(tmp_path: Path) -> None:
     path = vg_samples() / "minyus_attributes.json_samples.json"
     write_fake_tsv(tmp_path / "features.tsv", records_of(path), seed=6)
@@ -531,7 +526,7 @@ def test_match_equals_rule_loop(seed: int) -> None:
 # ----------------------------------------------------------------------------- malformed inputs
 
 
-@needs_data
+@needs_real_data
 def test_truncated_annotations_named(tmp_path: Path) -> None:
     data = (vg_samples() / "minyus_attributes.json_samples.json").read_bytes()
     path = tmp_path / "attributes.json"
@@ -550,7 +545,7 @@ def test_truncated_annotations_named(tmp_path: Path) -> None:
         assert "ends in the middle of a value" in message
 
 
-@needs_data
+@needs_real_data
 def test_malformed_tsv_row_named(tmp_path: Path) -> None:
     path = vg_samples() / "minyus_attributes.json_samples.json"
     write_fake_tsv(tmp_path / "features.tsv", records_of(path), seed=1)
@@ -569,7 +564,7 @@ def test_malformed_tsv_row_named(tmp_path: Path) -> None:
     assert '"features"' in message
 
 
-@needs_data
+@needs_real_data
 def test_foreign_tsv_raises(tmp_path: Path) -> None:
     path = vg_samples() / "minyus_attributes.json_samples.json"
     write_bottomup_tsv(
@@ -615,7 +610,7 @@ class MeanColourEncoder(RegionEncoder):
         return {"name": "mean colour"}
 
 
-@needs_data
+@needs_real_data
 def test_extract_vg_features_then_build(tmp_path: Path) -> None:
     objects_json = vg_samples() / "minyus_attributes.json_samples.json"
     images = tmp_path / "images" / "VG_100K"
