@@ -200,7 +200,7 @@ def base_recall(base: np.ndarray) -> dict[str, float]:
 
 
 def image_word_products(knowledge, texts, image_idx: np.ndarray, text_idx: np.ndarray) -> int:
-    """Count the distinct (image, word) pairs that the scored pairs need, counted here apart."""
+    """Count the distinct (image, word) pairs that the scored pairs need, apart from score_pairs."""
     index = {word: row for row, word in enumerate(knowledge.words)}
     text_words = [
         sorted({index[w] for unit in parsed.units for w in (unit.noun, *unit.adjectives)})

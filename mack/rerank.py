@@ -27,7 +27,7 @@ _TILE = 1024  # columns per step of a transposed copy
 class RerankResult:
     """A re-ranking: each query's top-k candidates and their combined scores, over the base matrix.
 
-    base: the caller's (n_images, n_texts) matrix, checked but not copied; do not change it while
+    base: the caller's (n_images, n_texts) matrix, checked but not copied. Do not change it while
     the result is in use.
     top_texts, combined_i2t: (n_images, k) each image's top-k texts by base score (int64) and their
     base + lam * MACK scores (float64). top_images, combined_t2i: the same per text, (n_texts, k).
@@ -35,8 +35,8 @@ class RerankResult:
     pair_scores: (P,) float64, the scorer's MACK score of each pair.
 
     image_to_text and text_to_image are the matrices to pass to metrics.evaluate. Each is built on
-    first use as a float64 copy of base in which the re-ranked entries are replaced (see rerank);
-    on COCO 5K that is 1 GB per direction, which re-ranking itself does not need.
+    first use as a float64 copy of base in which the re-ranked entries are replaced (see rerank).
+    On COCO 5K that is 1 GB per direction, which re-ranking itself does not need.
     """
 
     base: np.ndarray
@@ -237,7 +237,7 @@ def _check_base(base: np.ndarray) -> np.ndarray:
             f"base has shape {base.shape}, expected a non-empty (n_images, n_texts) matrix"
         )
 
-    # min and max are NaN or inf exactly when some entry is: two passes, no (n, m) mask.
+    # min or max is NaN or inf exactly when some entry is, so two reductions replace an (n, m) mask.
     if np.isfinite(base.min()) and np.isfinite(base.max()):
         return base
     finite = np.isfinite(base)

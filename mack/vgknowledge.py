@@ -49,6 +49,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import sys
 import time
 import warnings
 import zipfile
@@ -75,7 +76,7 @@ REGION_BOXES = (ANNOTATED, DETECTED)
 CHECKPOINT_VERSION = 2  # 2: regions added in batches of ADD_BATCH_ROWS
 DEFAULT_CHUNK_ROWS = 10_000
 ADD_BATCH_ROWS = 4096  # labelled region rows per KnowledgeBuilder.add call
-PARALLEL_MIN_BYTES = 64 * 2**20  # TSV size from which parallel=None reads annotations apart
+PARALLEL_MIN_BYTES = 64 * 2**20  # TSV size from which parallel=None uses a second process
 READ_AHEAD_BYTES = 512 * 2**20  # TSV features read ahead while the annotations are parsed
 _HASHED_BYTES = 1 << 16  # bytes hashed at each end of an input file for the checkpoint fingerprint
 _LOGGED_UNMATCHED = 5
@@ -414,9 +415,9 @@ def build_from_vg(
     checkpoint_dir / chunk_rows: save progress every chunk_rows TSV rows and resume from it.
     parallel: read the annotations in a second (forked) process while this one reads up to
     READ_AHEAD_BYTES (512 MiB) of TSV features ahead, which raises the memory peak by as much.
-    The result is the same, with or without checkpoints. None does so where fork is available
-    and the TSV has PARALLEL_MIN_BYTES (64 MiB) or more. True without fork (not on Linux or macOS)
-    logs a warning and reads the annotations first.
+    The result is the same, with or without checkpoints. None does so on Linux, where fork is
+    the default start method, when the TSV has PARALLEL_MIN_BYTES (64 MiB) or more. True where
+    fork is missing (Windows) logs a warning and reads the annotations first.
     Returns the knowledge and a BuildReport. Raises ValueError when no region gets a feature.
     """
     started = time.perf_counter()
@@ -444,7 +445,10 @@ def build_from_vg(
     with contextlib.closing(rows):
         options = {"region_cap": region_cap, "seed": seed, "use_attributes": use_attributes}
         if parallel is None:
-            parallel = _can_fork() and features_tsv.stat().st_size >= PARALLEL_MIN_BYTES
+            # Only on Linux: the multiprocessing docs call fork unsafe on macOS (the child may crash).
+            parallel = sys.platform.startswith("linux") and (
+                features_tsv.stat().st_size >= PARALLEL_MIN_BYTES
+            )
         elif parallel and not _can_fork():
             logger.warning(
                 "parallel=True needs the fork start method, so annotations are read first"
@@ -487,7 +491,7 @@ def _kept_regions_while_reading(
 ) -> tuple[dict[int, _ImageRegions], dict[str, str], list[BottomUpRow]]:
     """Run _kept_regions in a forked process while reading TSV rows ahead here.
 
-    Both steps hold Python's global lock, so only a second process overlaps them. Reading ahead
+    Both steps hold Python's global interpreter lock (GIL), so only a second process overlaps them. Reading ahead
     stops when the annotations are ready or READ_AHEAD_BYTES of features are read. Returns the
     kept regions, the word types and the rows read ahead, and adds the annotation steps to
     `report`.
